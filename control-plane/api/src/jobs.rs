@@ -1,0 +1,251 @@
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use flotilla_store::{JobKey, Op};
+use flotilla_types::*;
+use serde::Deserialize;
+
+use crate::ApiState;
+use crate::error::{ApiError, decode};
+use crate::reads::{BlockingQuery, block, with_index};
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct NamespaceQuery {
+    pub namespace: Option<String>,
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub purge: Option<bool>,
+}
+
+fn ns(q: &NamespaceQuery) -> &str {
+    q.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+}
+
+/// A job as the API shows it: with its status computed from its allocations.
+pub(crate) fn present(state: &flotilla_store::State, job: &Job) -> Job {
+    let mut j = job.clone();
+    j.status = state.job_status(job).to_string();
+    j
+}
+
+pub async fn list(
+    State(api): State<ApiState>,
+    Query(q): Query<NamespaceQuery>,
+    Query(b): Query<BlockingQuery>,
+) -> Response {
+    let state = block(&api, &b).await;
+    let prefix = q.prefix.clone().unwrap_or_default();
+    let namespace = q.namespace.clone();
+    let jobs: Vec<JobListStub> = state
+        .jobs
+        .values()
+        .filter(|j| {
+            namespace
+                .as_deref()
+                .is_none_or(|n| n == "*" || n == j.namespace)
+        })
+        .filter(|j| j.id.starts_with(&prefix))
+        .map(|j| JobListStub::from(&present(&state, j)))
+        .collect();
+    with_index(state.index, Json(jobs))
+}
+
+pub async fn get(
+    State(api): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<NamespaceQuery>,
+    Query(b): Query<BlockingQuery>,
+) -> Result<Response, ApiError> {
+    let state = block(&api, &b).await;
+    let job = state
+        .job(ns(&q), &id)
+        .ok_or_else(|| ApiError::not_found(format!("job \"{id}\" not found")))?;
+    Ok(with_index(state.index, Json(present(&state, job))))
+}
+
+pub async fn parse(body: Bytes) -> Result<Response, ApiError> {
+    let req: JobsParseRequest = decode(&body)?;
+    if req.job_hcl.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "JobHCL: is empty; expected the text of a jobspec",
+        ));
+    }
+    let parsed = flotilla_jobspec::parse(&req.job_hcl, "JobHCL")
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut job = parsed.job;
+    if req.canonicalize {
+        job.canonicalize();
+    }
+    Ok(Json(job).into_response())
+}
+
+/// Nomad's `JobValidateResponse`.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ValidateResponse {
+    driver_config_validated: bool,
+    validation_errors: Vec<String>,
+    error: String,
+    warnings: String,
+}
+
+pub async fn validate(body: Bytes) -> Result<Response, ApiError> {
+    let req: JobRegisterRequest = decode(&body)?;
+    let mut job = req.job;
+    job.canonicalize();
+    let diags = flotilla_jobspec::validate(&job);
+    let (errors, warnings): (Vec<_>, Vec<_>) = diags
+        .into_iter()
+        .partition(|d| d.severity == flotilla_jobspec::Severity::Error);
+    let errors: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
+    Ok(Json(ValidateResponse {
+        driver_config_validated: errors.is_empty(),
+        error: errors.join("\n"),
+        validation_errors: errors,
+        warnings: warnings
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })
+    .into_response())
+}
+
+pub async fn register(State(api): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: JobRegisterRequest = decode(&body)?;
+    register_job(&api, req.job, None)
+}
+
+pub async fn register_at(
+    State(api): State<ApiState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: JobRegisterRequest = decode(&body)?;
+    register_job(&api, req.job, Some(id))
+}
+
+/// The parts of a job that make it a new version when they change.
+fn spec_of(job: &Job) -> Job {
+    Job {
+        status: String::new(),
+        version: 0,
+        submit_time: 0,
+        create_index: 0,
+        modify_index: 0,
+        job_modify_index: 0,
+        ..job.clone()
+    }
+}
+
+fn register_job(
+    api: &ApiState,
+    mut job: Job,
+    path_id: Option<String>,
+) -> Result<Response, ApiError> {
+    if job.id.is_empty() {
+        return Err(ApiError::bad_request("Job.ID: missing job ID"));
+    }
+    if let Some(id) = path_id
+        && id != job.id
+    {
+        return Err(ApiError::bad_request(format!(
+            "Job.ID: \"{}\" does not match the job ID in the path, \"{id}\"",
+            job.id
+        )));
+    }
+    job.canonicalize();
+    let errors: Vec<String> = flotilla_jobspec::validate(&job)
+        .into_iter()
+        .filter(|d| d.severity == flotilla_jobspec::Severity::Error)
+        .map(|d| d.to_string())
+        .collect();
+    if !errors.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "job validation failed:\n{}",
+            errors.join("\n")
+        )));
+    }
+    let state = api.store.snapshot();
+    let existing = state.job(&job.namespace, &job.id);
+    let now = now_nanos();
+    job.stop = false;
+    job.submit_time = now;
+    let changed = existing.is_none_or(|old| spec_of(old) != spec_of(&job));
+    match existing {
+        Some(old) if !changed => {
+            job.version = old.version;
+            job.job_modify_index = old.job_modify_index;
+        }
+        Some(old) => {
+            job.version = old.version + 1;
+            job.job_modify_index = 0; // stamped by the store
+        }
+        None => {
+            job.version = 0;
+            job.job_modify_index = 0;
+        }
+    }
+    let eval = Evaluation::for_job(&job, TRIGGER_JOB_REGISTER, new_id(), now);
+    let eval_id = eval.id.clone();
+    let old_modify = job.job_modify_index;
+    let index = api.store.apply(vec![Op::PutJob(job), Op::PutEval(eval)])?;
+    Ok(with_index(
+        index,
+        Json(JobRegisterResponse {
+            eval_id,
+            eval_create_index: index,
+            job_modify_index: if changed { index } else { old_modify },
+            warnings: String::new(),
+            index,
+        }),
+    ))
+}
+
+pub async fn deregister(
+    State(api): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<NamespaceQuery>,
+) -> Result<Response, ApiError> {
+    let state = api.store.snapshot();
+    let job = state
+        .job(ns(&q), &id)
+        .ok_or_else(|| ApiError::not_found(format!("job \"{id}\" not found")))?;
+    let now = now_nanos();
+    let eval = Evaluation::for_job(job, TRIGGER_JOB_DEREGISTER, new_id(), now);
+    let eval_id = eval.id.clone();
+    let ops = if q.purge.unwrap_or(false) {
+        vec![Op::DeleteJob(JobKey::of(job)), Op::PutEval(eval)]
+    } else {
+        let mut stopped = (**job).clone();
+        if !stopped.stop {
+            stopped.stop = true;
+            stopped.version += 1;
+            stopped.job_modify_index = 0;
+        }
+        vec![Op::PutJob(stopped), Op::PutEval(eval)]
+    };
+    let index = api.store.apply(ops)?;
+    Ok(with_index(
+        index,
+        Json(JobRegisterResponse {
+            eval_id,
+            eval_create_index: index,
+            job_modify_index: index,
+            warnings: String::new(),
+            index,
+        }),
+    ))
+}

@@ -1,0 +1,66 @@
+//! Nomad-compatible v1 HTTP API.
+//!
+//! Paths and JSON shapes follow Nomad's, so existing Nomad clients and scripts work unchanged:
+//! jobs (`/v1/jobs`, `/v1/job/:id`, parse and validate), allocations, nodes, evaluations,
+//! services and `/v1/status/leader`. Reads answer from a store snapshot and support Nomad's
+//! blocking queries (`?index=N&wait=5m`, with the `X-Nomad-Index` header); writes are one store
+//! transaction each (a job and its evaluation together). Errors are plain text with a 4xx status
+//! and name the field or value at fault.
+//!
+//! Node-local reads (`/v1/client/fs/logs/…`) are forwarded to the agent of the allocation's node.
+
+mod error;
+mod jobs;
+mod reads;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use flotilla_store::Store;
+
+pub use error::ApiError;
+
+/// What the API needs from its host.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    /// The server's gRPC address, reported as the leader.
+    pub rpc_addr: SocketAddr,
+    /// Forwards node-local reads to agents.
+    pub http: reqwest::Client,
+}
+
+/// The router with every v1 endpoint.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/v1/jobs",
+            get(jobs::list).post(jobs::register).put(jobs::register),
+        )
+        .route("/v1/jobs/parse", post(jobs::parse))
+        .route("/v1/validate/job", post(jobs::validate).put(jobs::validate))
+        .route(
+            "/v1/job/{id}",
+            get(jobs::get)
+                .post(jobs::register_at)
+                .put(jobs::register_at)
+                .delete(jobs::deregister),
+        )
+        .route("/v1/job/{id}/allocations", get(reads::job_allocations))
+        .route("/v1/job/{id}/evaluations", get(reads::job_evaluations))
+        .route("/v1/allocations", get(reads::allocations))
+        .route("/v1/allocation/{id}", get(reads::allocation))
+        .route("/v1/nodes", get(reads::nodes))
+        .route("/v1/node/{id}", get(reads::node))
+        .route("/v1/node/{id}/allocations", get(reads::node_allocations))
+        .route("/v1/evaluations", get(reads::evaluations))
+        .route("/v1/evaluation/{id}", get(reads::evaluation))
+        .route("/v1/services", get(reads::services))
+        .route("/v1/service/{name}", get(reads::service))
+        .route("/v1/status/leader", get(reads::leader))
+        .route("/v1/client/fs/logs/{alloc}", get(reads::logs))
+        .fallback(error::not_found)
+        .with_state(state)
+}

@@ -1,0 +1,96 @@
+//! The operator CLI: `job`, `alloc`, `node` and `service` commands, talking to a server's HTTP
+//! API (`--address`, or `FLOTILLA_ADDR` / `NOMAD_ADDR`, default `http://127.0.0.1:4646`).
+//!
+//! Output is a human table by default and JSON with `-json`. Nomad's single-dash long flags
+//! (`-json`, `-detach`) are accepted; see [`normalize_args`]. Each command returns the process
+//! exit code: 0 success, 1 error, 2 for placement failures (as Nomad's `job run`).
+
+mod client;
+mod commands;
+mod monitor;
+mod table;
+
+pub use client::Client;
+pub use commands::{
+    AllocCmd, JobCmd, NodeCmd, ServiceCmd, run_alloc, run_job, run_node, run_service,
+};
+
+/// Connection flags shared by every command that talks to a server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// Address of the Flotilla (or Nomad-compatible) HTTP API.
+    #[arg(
+        long = "address",
+        env = "FLOTILLA_ADDR",
+        default_value = "http://127.0.0.1:4646",
+        global = true
+    )]
+    pub address: String,
+}
+
+/// Accept Nomad's single-dash long flags: `-json` → `--json`, `-address=x` → `--address=x`.
+/// Short flags (`-f`) and values are left alone; everything after `--` too.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut passthrough = false;
+    for a in args {
+        if passthrough || a == "--" {
+            passthrough = true;
+            out.push(a);
+            continue;
+        }
+        let is_single_dash_long = a.starts_with('-')
+            && !a.starts_with("--")
+            && a.len() > 2
+            && a[1..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+            && a[1..].split('=').next().is_some_and(|name| {
+                name.len() > 1
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+        if is_single_dash_long {
+            out.push(format!("-{a}"));
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_dash_flags() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            normalize_args(v(&[
+                "flotilla",
+                "job",
+                "status",
+                "-json",
+                "-address=http://x",
+                "-f",
+                "hello"
+            ])),
+            v(&[
+                "flotilla",
+                "job",
+                "status",
+                "--json",
+                "--address=http://x",
+                "-f",
+                "hello"
+            ])
+        );
+        assert_eq!(
+            normalize_args(v(&["a", "--", "-json"])),
+            v(&["a", "--", "-json"])
+        );
+    }
+}

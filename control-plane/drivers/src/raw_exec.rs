@@ -1,0 +1,28 @@
+//! `raw_exec`: runs a command as a plain child process of the agent, without isolation.
+
+use async_trait::async_trait;
+
+use crate::{Driver, DriverError, DriverFingerprint, TaskHandle, TaskSpec, process};
+
+/// The `raw_exec` driver. See the crate docs for how commands are found and stopped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawExec;
+
+#[async_trait]
+impl Driver for RawExec {
+    fn name(&self) -> &'static str {
+        "raw_exec"
+    }
+
+    async fn fingerprint(&self) -> DriverFingerprint {
+        DriverFingerprint {
+            detected: cfg!(unix),
+            healthy: cfg!(unix),
+            description: "Healthy".into(),
+        }
+    }
+
+    async fn start(&self, spec: TaskSpec) -> Result<Box<dyn TaskHandle>, DriverError> {
+        Ok(Box::new(process::spawn(&spec).await?))
+    }
+}

@@ -1,0 +1,98 @@
+//! Commits plans that still hold against the latest state.
+
+use std::sync::Mutex;
+
+use flotilla_scheduler::Plan;
+use flotilla_store::{Op, Store, StoreError};
+use flotilla_types::*;
+
+/// Serialises commits: validation and write happen as one step.
+static APPLY: Mutex<()> = Mutex::new(());
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("plan is stale: {0:?}")]
+    Stale(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Commit `plan` for `eval` in one transaction if it still holds: the new and stopped
+/// allocations, the catalog entries of stopped ones removed (so traffic leaves them before they
+/// stop), the evaluation completed, and, if anything could not be placed, a blocked evaluation
+/// that waits for capacity.
+pub fn commit(store: &dyn Store, eval: &Evaluation, plan: &Plan) -> Result<(), CommitError> {
+    let _guard = APPLY.lock().unwrap_or_else(|e| e.into_inner());
+    let state = store.snapshot();
+    let problems = plan.conflicts(&state);
+    if !problems.is_empty() {
+        return Err(CommitError::Stale(problems));
+    }
+    let now = crate::now_nanos();
+    let mut ops = Vec::new();
+    for a in &plan.stop {
+        for svc in state.services.values().filter(|s| s.alloc_id == a.id) {
+            ops.push(Op::DeleteService(svc.id.clone()));
+        }
+        ops.push(Op::PutAlloc(a.clone()));
+    }
+    ops.extend(plan.place.iter().cloned().map(Op::PutAlloc));
+
+    let mut done = eval.clone();
+    done.status = EVAL_STATUS_COMPLETE.to_string();
+    done.modify_time = now;
+    done.failed_tg_allocs = plan.failed_tg_allocs.clone();
+    if !plan.queued.is_empty()
+        && let Some(job) = &plan.job
+    {
+        // Only one blocked evaluation per job.
+        let existing = state.evals.values().any(|e| {
+            e.job_id == job.id && e.namespace == job.namespace && e.status == EVAL_STATUS_BLOCKED
+        });
+        if !existing {
+            let mut blocked = crate::new_eval(job, TRIGGER_QUEUED_ALLOCS, now);
+            blocked.status = EVAL_STATUS_BLOCKED.to_string();
+            blocked.previous_eval = eval.id.clone();
+            blocked.failed_tg_allocs = plan.failed_tg_allocs.clone();
+            done.blocked_eval = blocked.id.clone();
+            ops.push(Op::PutEval(blocked));
+        }
+        let total: u32 = plan.queued.values().sum();
+        done.status_description = format!("{total} allocation(s) could not be placed");
+    }
+    ops.push(Op::PutEval(done));
+    store.apply(ops)?;
+    Ok(())
+}
+
+/// Mark an evaluation failed with a reason.
+pub fn fail(store: &dyn Store, eval: &Evaluation, why: &str) -> Result<(), StoreError> {
+    let mut e = eval.clone();
+    e.status = EVAL_STATUS_FAILED.to_string();
+    e.status_description = why.to_string();
+    e.modify_time = crate::now_nanos();
+    store.apply(vec![Op::PutEval(e)]).map(|_| ())
+}
+
+/// Turn every blocked evaluation into a pending one: capacity may have appeared (a node joined
+/// or came back).
+pub fn unblock_all(store: &dyn Store) -> Result<(), StoreError> {
+    let state = store.snapshot();
+    let now = crate::now_nanos();
+    let mut ops = Vec::new();
+    for e in state
+        .evals
+        .values()
+        .filter(|e| e.status == EVAL_STATUS_BLOCKED)
+    {
+        let mut e = (**e).clone();
+        e.status = EVAL_STATUS_PENDING.to_string();
+        e.triggered_by = TRIGGER_QUEUED_ALLOCS.to_string();
+        e.modify_time = now;
+        ops.push(Op::PutEval(e));
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    store.apply(ops).map(|_| ())
+}

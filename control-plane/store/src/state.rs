@@ -1,0 +1,303 @@
+use std::sync::Arc;
+
+use flotilla_types::{Allocation, Evaluation, Job, Node, ServiceRegistration};
+use imbl::{OrdMap, OrdSet};
+
+/// Jobs are keyed by namespace and id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobKey {
+    pub namespace: String,
+    pub id: String,
+}
+
+impl JobKey {
+    pub fn new(namespace: &str, id: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            id: id.to_string(),
+        }
+    }
+
+    pub fn of(job: &Job) -> Self {
+        Self::new(&job.namespace, &job.id)
+    }
+
+    /// The key's form in the durable store.
+    pub fn storage_key(&self) -> String {
+        format!("{}/{}", self.namespace, self.id)
+    }
+}
+
+/// One change in a transaction. Index fields (`create_index`, `modify_index`) of the records are
+/// set by the store. A job put with `job_modify_index == 0` is a new specification: the store
+/// stamps it with the transaction's index too.
+#[derive(Debug, Clone)]
+pub enum Op {
+    PutJob(Job),
+    DeleteJob(JobKey),
+    PutNode(Node),
+    PutAlloc(Allocation),
+    PutEval(Evaluation),
+    DeleteEval(String),
+    PutService(ServiceRegistration),
+    DeleteService(String),
+}
+
+/// The whole control-plane state at one index. Immutable; clone it freely.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub index: u64,
+    pub jobs: OrdMap<JobKey, Arc<Job>>,
+    pub nodes: OrdMap<String, Arc<Node>>,
+    pub allocs: OrdMap<String, Arc<Allocation>>,
+    pub evals: OrdMap<String, Arc<Evaluation>>,
+    pub services: OrdMap<String, Arc<ServiceRegistration>>,
+    allocs_by_node: OrdMap<String, OrdSet<String>>,
+    allocs_by_job: OrdMap<JobKey, OrdSet<String>>,
+    pending_evals: OrdSet<(u64, String)>,
+}
+
+impl State {
+    pub fn job(&self, namespace: &str, id: &str) -> Option<&Arc<Job>> {
+        self.jobs.get(&JobKey::new(namespace, id))
+    }
+
+    pub fn node(&self, id: &str) -> Option<&Arc<Node>> {
+        self.nodes.get(id)
+    }
+
+    pub fn alloc(&self, id: &str) -> Option<&Arc<Allocation>> {
+        self.allocs.get(id)
+    }
+
+    pub fn eval(&self, id: &str) -> Option<&Arc<Evaluation>> {
+        self.evals.get(id)
+    }
+
+    /// Allocations placed on a node, terminal ones included.
+    pub fn allocs_by_node<'a>(
+        &'a self,
+        node_id: &str,
+    ) -> impl Iterator<Item = &'a Arc<Allocation>> {
+        self.allocs_by_node
+            .get(node_id)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.allocs.get(id))
+    }
+
+    /// Allocations of a job, terminal ones included.
+    pub fn allocs_by_job<'a>(
+        &'a self,
+        namespace: &str,
+        job_id: &str,
+    ) -> impl Iterator<Item = &'a Arc<Allocation>> {
+        self.allocs_by_job
+            .get(&JobKey::new(namespace, job_id))
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.allocs.get(id))
+    }
+
+    /// Evaluations waiting for a scheduler, oldest first.
+    pub fn pending_evals(&self) -> impl Iterator<Item = &Arc<Evaluation>> {
+        self.pending_evals
+            .iter()
+            .filter_map(|(_, id)| self.evals.get(id))
+    }
+
+    /// A job's status as Nomad reports it: `running` while any allocation is live, `dead` once
+    /// it is stopped (or a batch job finished) with nothing live, `pending` otherwise.
+    pub fn job_status(&self, job: &Job) -> &'static str {
+        let mut any = false;
+        let mut live = false;
+        for a in self.allocs_by_job(&job.namespace, &job.id) {
+            any = true;
+            if !a.terminal() {
+                live = true;
+                break;
+            }
+        }
+        if live {
+            flotilla_types::JOB_STATUS_RUNNING
+        } else if job.stop || (any && job.job_type != flotilla_types::JOB_TYPE_SERVICE) {
+            flotilla_types::JOB_STATUS_DEAD
+        } else {
+            flotilla_types::JOB_STATUS_PENDING
+        }
+    }
+
+    /// Service registrations with this service name.
+    pub fn services_named<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<ServiceRegistration>> {
+        self.services
+            .values()
+            .filter(move |s| s.service_name == name)
+    }
+
+    /// Apply `ops` at `index`, returning the records as stored (with their indexes set), in the
+    /// order given. Pure: the durable backends call this after persisting.
+    pub(crate) fn apply(&mut self, ops: Vec<Op>, index: u64) -> Vec<Op> {
+        self.index = index;
+        ops.into_iter()
+            .map(|op| self.apply_one(op, Some(index)))
+            .collect()
+    }
+
+    /// Load one record read back from a durable store, keeping its indexes as stored.
+    pub(crate) fn load(&mut self, op: Op) {
+        self.apply_one(op, None);
+    }
+
+    /// Apply one op. With `Some(index)` the record's create/modify indexes are set for a new
+    /// write; with `None` (loading) they are kept.
+    fn apply_one(&mut self, op: Op, index: Option<u64>) -> Op {
+        fn stamp(create: &mut u64, modify: &mut u64, old_create: Option<u64>, index: Option<u64>) {
+            if let Some(index) = index {
+                *create = old_create.unwrap_or(index);
+                *modify = index;
+            }
+        }
+        match op {
+            Op::PutJob(mut job) => {
+                let key = JobKey::of(&job);
+                let old = self.jobs.get(&key).map(|j| j.create_index);
+                stamp(&mut job.create_index, &mut job.modify_index, old, index);
+                if let Some(index) = index
+                    && job.job_modify_index == 0
+                {
+                    job.job_modify_index = index;
+                }
+                self.jobs.insert(key, Arc::new(job.clone()));
+                Op::PutJob(job)
+            }
+            Op::DeleteJob(key) => {
+                self.jobs.remove(&key);
+                Op::DeleteJob(key)
+            }
+            Op::PutNode(mut node) => {
+                let old = self.nodes.get(&node.id).map(|n| n.create_index);
+                stamp(&mut node.create_index, &mut node.modify_index, old, index);
+                self.nodes.insert(node.id.clone(), Arc::new(node.clone()));
+                Op::PutNode(node)
+            }
+            Op::PutAlloc(mut alloc) => {
+                let old = self.allocs.get(&alloc.id).cloned();
+                let old_create = old.as_ref().map(|a| a.create_index);
+                stamp(
+                    &mut alloc.create_index,
+                    &mut alloc.modify_index,
+                    old_create,
+                    index,
+                );
+                if let Some(old) = &old
+                    && old.node_id != alloc.node_id
+                    && let Some(set) = self.allocs_by_node.get_mut(&old.node_id)
+                {
+                    set.remove(&old.id);
+                }
+                self.allocs_by_node
+                    .entry(alloc.node_id.clone())
+                    .or_default()
+                    .insert(alloc.id.clone());
+                self.allocs_by_job
+                    .entry(JobKey::new(&alloc.namespace, &alloc.job_id))
+                    .or_default()
+                    .insert(alloc.id.clone());
+                self.allocs
+                    .insert(alloc.id.clone(), Arc::new(alloc.clone()));
+                Op::PutAlloc(alloc)
+            }
+            Op::PutEval(mut eval) => {
+                let old = self.evals.get(&eval.id).cloned();
+                stamp(
+                    &mut eval.create_index,
+                    &mut eval.modify_index,
+                    old.as_ref().map(|e| e.create_index),
+                    index,
+                );
+                if let Some(old) = old {
+                    self.pending_evals
+                        .remove(&(old.create_index, old.id.clone()));
+                }
+                if eval.status == flotilla_types::EVAL_STATUS_PENDING {
+                    self.pending_evals
+                        .insert((eval.create_index, eval.id.clone()));
+                }
+                self.evals.insert(eval.id.clone(), Arc::new(eval.clone()));
+                Op::PutEval(eval)
+            }
+            Op::DeleteEval(id) => {
+                if let Some(old) = self.evals.remove(&id) {
+                    self.pending_evals
+                        .remove(&(old.create_index, old.id.clone()));
+                }
+                Op::DeleteEval(id)
+            }
+            Op::PutService(mut svc) => {
+                let old = self.services.get(&svc.id).map(|s| s.create_index);
+                stamp(&mut svc.create_index, &mut svc.modify_index, old, index);
+                self.services.insert(svc.id.clone(), Arc::new(svc.clone()));
+                Op::PutService(svc)
+            }
+            Op::DeleteService(id) => {
+                self.services.remove(&id);
+                Op::DeleteService(id)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_types::*;
+
+    #[test]
+    fn indexes_and_secondary_maps() {
+        let mut s = State::default();
+        let a = Allocation {
+            id: "a1".into(),
+            node_id: "n1".into(),
+            namespace: "default".into(),
+            job_id: "j".into(),
+            ..Default::default()
+        };
+        s.apply(vec![Op::PutAlloc(a.clone())], 5);
+        assert_eq!(s.allocs["a1"].create_index, 5);
+        s.apply(
+            vec![Op::PutAlloc(Allocation {
+                node_id: "n2".into(),
+                ..a
+            })],
+            6,
+        );
+        assert_eq!(s.allocs["a1"].create_index, 5);
+        assert_eq!(s.allocs["a1"].modify_index, 6);
+        assert_eq!(s.allocs_by_node("n1").count(), 0);
+        assert_eq!(s.allocs_by_node("n2").count(), 1);
+        assert_eq!(s.allocs_by_job("default", "j").count(), 1);
+    }
+
+    #[test]
+    fn pending_evals_track_status() {
+        let mut s = State::default();
+        let e = Evaluation {
+            id: "e1".into(),
+            status: EVAL_STATUS_PENDING.into(),
+            ..Default::default()
+        };
+        s.apply(vec![Op::PutEval(e.clone())], 1);
+        assert_eq!(s.pending_evals().count(), 1);
+        s.apply(
+            vec![Op::PutEval(Evaluation {
+                status: EVAL_STATUS_COMPLETE.into(),
+                ..e
+            })],
+            2,
+        );
+        assert_eq!(s.pending_evals().count(), 0);
+    }
+}

@@ -1,0 +1,398 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A job: the unit an operator submits (Nomad's `structs.Job`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Job {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub region: String,
+    /// `service`, `batch`, `system` or `sysbatch`.
+    #[serde(rename = "Type")]
+    pub job_type: String,
+    pub priority: i32,
+    pub datacenters: Vec<String>,
+    pub task_groups: Vec<TaskGroup>,
+    pub meta: BTreeMap<String, String>,
+    /// `pending`, `running` or `dead`; maintained by the server.
+    pub status: String,
+    /// Set by `job stop`: the job stays known but nothing of it runs.
+    pub stop: bool,
+    /// Bumped by the server on every change to the specification.
+    pub version: u64,
+    pub submit_time: i64,
+    pub create_index: u64,
+    pub modify_index: u64,
+    /// Index of the last change to the specification (not to the status).
+    pub job_modify_index: u64,
+}
+
+impl Job {
+    /// Fill in the defaults Nomad's `Canonicalize` applies, so every consumer sees the same job.
+    pub fn canonicalize(&mut self) {
+        if self.name.is_empty() {
+            self.name = self.id.clone();
+        }
+        if self.namespace.is_empty() {
+            self.namespace = crate::DEFAULT_NAMESPACE.to_string();
+        }
+        if self.region.is_empty() {
+            self.region = "global".to_string();
+        }
+        if self.job_type.is_empty() {
+            self.job_type = JOB_TYPE_SERVICE.to_string();
+        }
+        if self.priority == 0 {
+            self.priority = 50;
+        }
+        if self.datacenters.is_empty() {
+            self.datacenters = vec!["*".to_string()];
+        }
+        for group in &mut self.task_groups {
+            group.canonicalize(&self.job_type);
+        }
+    }
+
+    /// The group with this name, if any.
+    pub fn group(&self, name: &str) -> Option<&TaskGroup> {
+        self.task_groups.iter().find(|g| g.name == name)
+    }
+
+    /// Whether the job may run in datacenter `dc` (`*` in the list matches any).
+    pub fn allows_datacenter(&self, dc: &str) -> bool {
+        self.datacenters.iter().any(|d| glob_match(d, dc))
+    }
+}
+
+/// Matches `pattern` against `value` where `*` stands for any run of characters.
+pub fn glob_match(pattern: &str, value: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == value,
+        Some((prefix, rest)) => {
+            let Some(tail) = value.strip_prefix(prefix) else {
+                return false;
+            };
+            if rest.is_empty() {
+                return true;
+            }
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob_match(rest, &tail[i..]))
+        }
+    }
+}
+
+pub const JOB_TYPE_SERVICE: &str = "service";
+pub const JOB_TYPE_BATCH: &str = "batch";
+pub const JOB_TYPE_SYSTEM: &str = "system";
+pub const JOB_TYPE_SYSBATCH: &str = "sysbatch";
+
+pub const JOB_STATUS_PENDING: &str = "pending";
+pub const JOB_STATUS_RUNNING: &str = "running";
+pub const JOB_STATUS_DEAD: &str = "dead";
+
+/// A group of tasks placed together on one node (Nomad's `structs.TaskGroup`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskGroup {
+    pub name: String,
+    pub count: u32,
+    pub tasks: Vec<Task>,
+    pub networks: Vec<NetworkResource>,
+    pub services: Vec<Service>,
+    pub restart_policy: Option<RestartPolicy>,
+    pub meta: BTreeMap<String, String>,
+}
+
+impl TaskGroup {
+    fn canonicalize(&mut self, job_type: &str) {
+        let default_policy = RestartPolicy::default_for(job_type);
+        let group_policy = self.restart_policy.get_or_insert(default_policy).clone();
+        for task in &mut self.tasks {
+            if task.restart_policy.is_none() {
+                task.restart_policy = Some(group_policy.clone());
+            }
+            if task.resources.cpu == 0 {
+                task.resources.cpu = 100;
+            }
+            if task.resources.memory_mb == 0 {
+                task.resources.memory_mb = 300;
+            }
+            if task.kill_timeout == 0 {
+                task.kill_timeout = 5 * crate::NANOS_PER_SEC;
+            }
+            for service in &mut task.services {
+                service.canonicalize();
+            }
+        }
+        for service in &mut self.services {
+            service.canonicalize();
+        }
+    }
+
+    /// Every port this group asks for, static and dynamic, with its label.
+    pub fn ports(&self) -> impl Iterator<Item = (&Port, bool)> {
+        self.networks.iter().flat_map(|n| {
+            n.reserved_ports
+                .iter()
+                .map(|p| (p, true))
+                .chain(n.dynamic_ports.iter().map(|p| (p, false)))
+        })
+    }
+
+    /// Every service of the group, including the ones declared inside tasks.
+    pub fn all_services(&self) -> impl Iterator<Item = &Service> {
+        self.services
+            .iter()
+            .chain(self.tasks.iter().flat_map(|t| t.services.iter()))
+    }
+
+    /// Total CPU (MHz) and memory (MB) the group's tasks ask for.
+    pub fn total_resources(&self) -> Resources {
+        self.tasks
+            .iter()
+            .fold(Resources::default(), |acc, t| Resources {
+                cpu: acc.cpu + t.resources.cpu,
+                memory_mb: acc.memory_mb + t.resources.memory_mb,
+            })
+    }
+}
+
+/// One task: a process or container run by a driver (Nomad's `structs.Task`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Task {
+    pub name: String,
+    pub driver: String,
+    /// Driver-specific configuration (`config { … }`), kept as JSON as Nomad does.
+    pub config: BTreeMap<String, serde_json::Value>,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub services: Vec<Service>,
+    pub restart_policy: Option<RestartPolicy>,
+    /// Nanoseconds between the kill signal and a forced kill.
+    pub kill_timeout: i64,
+    pub kill_signal: String,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// CPU in MHz and memory in MB (Nomad's `structs.Resources`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Resources {
+    #[serde(rename = "CPU")]
+    pub cpu: u64,
+    #[serde(rename = "MemoryMB")]
+    pub memory_mb: u64,
+}
+
+/// A group's `network` block (Nomad's `structs.NetworkResource`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkResource {
+    /// `host` (the default) or `bridge`.
+    pub mode: String,
+    /// Ports with a fixed `static` number.
+    pub reserved_ports: Vec<Port>,
+    /// Ports the scheduler picks from the dynamic range.
+    pub dynamic_ports: Vec<Port>,
+}
+
+/// One labelled port of a `network` block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Port {
+    pub label: String,
+    /// The static port for reserved ports; 0 for dynamic ones until allocated.
+    pub value: u16,
+    /// The port inside the task when it differs (`to`); 0 means the same.
+    pub to: u16,
+    pub host_network: String,
+}
+
+/// A `service` block (Nomad's `structs.Service`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Service {
+    pub name: String,
+    /// The label of the port (from the group's network) this service is reached on.
+    pub port_label: String,
+    pub tags: Vec<String>,
+    pub checks: Vec<ServiceCheck>,
+    /// `nomad` (the built-in catalog) or `consul`; Flotilla's catalog serves both.
+    pub provider: String,
+}
+
+impl Service {
+    fn canonicalize(&mut self) {
+        if self.provider.is_empty() {
+            self.provider = "nomad".to_string();
+        }
+        for check in &mut self.checks {
+            if check.interval == 0 {
+                check.interval = 10 * crate::NANOS_PER_SEC;
+            }
+            if check.timeout == 0 {
+                check.timeout = 2 * crate::NANOS_PER_SEC;
+            }
+        }
+    }
+}
+
+/// A health check of a service (Nomad's `structs.ServiceCheck`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ServiceCheck {
+    pub name: String,
+    /// `http` or `tcp`.
+    #[serde(rename = "Type")]
+    pub check_type: String,
+    pub path: String,
+    /// Overrides the service's port label for this check.
+    pub port_label: String,
+    /// Nanoseconds between runs.
+    pub interval: i64,
+    /// Nanoseconds before a run counts as failed.
+    pub timeout: i64,
+    pub method: String,
+}
+
+/// What to do when a task exits (Nomad's `structs.RestartPolicy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `interval`.
+    pub attempts: u32,
+    /// Nanoseconds of the window in which `attempts` are counted.
+    pub interval: i64,
+    /// Nanoseconds to wait before a restart.
+    pub delay: i64,
+    /// `fail` (give up once attempts are used) or `delay` (wait for the interval to pass).
+    pub mode: String,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self::default_for(JOB_TYPE_SERVICE)
+    }
+}
+
+impl RestartPolicy {
+    /// Nomad's defaults: 2 attempts in 30 min for services, 3 in 24 h for batch jobs.
+    pub fn default_for(job_type: &str) -> Self {
+        let s = crate::NANOS_PER_SEC;
+        match job_type {
+            JOB_TYPE_BATCH | JOB_TYPE_SYSBATCH => Self {
+                attempts: 3,
+                interval: 24 * 3600 * s,
+                delay: 15 * s,
+                mode: "fail".to_string(),
+            },
+            _ => Self {
+                attempts: 2,
+                interval: 30 * 60 * s,
+                delay: 15 * s,
+                mode: "fail".to_string(),
+            },
+        }
+    }
+}
+
+/// The body of `POST /v1/jobs` and `PUT /v1/job/:id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JobRegisterRequest {
+    pub job: Job,
+}
+
+/// The answer to a job registration or deregistration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobRegisterResponse {
+    #[serde(rename = "EvalID")]
+    pub eval_id: String,
+    pub eval_create_index: u64,
+    pub job_modify_index: u64,
+    pub warnings: String,
+    pub index: u64,
+}
+
+/// The body of `POST /v1/jobs/parse`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobsParseRequest {
+    #[serde(rename = "JobHCL")]
+    pub job_hcl: String,
+    pub canonicalize: bool,
+}
+
+/// One row of `GET /v1/jobs` (Nomad's `JobListStub`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobListStub {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub datacenters: Vec<String>,
+    #[serde(rename = "Type")]
+    pub job_type: String,
+    pub priority: i32,
+    pub status: String,
+    pub stop: bool,
+    pub version: u64,
+    pub submit_time: i64,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub job_modify_index: u64,
+}
+
+impl From<&Job> for JobListStub {
+    fn from(j: &Job) -> Self {
+        Self {
+            id: j.id.clone(),
+            name: j.name.clone(),
+            namespace: j.namespace.clone(),
+            datacenters: j.datacenters.clone(),
+            job_type: j.job_type.clone(),
+            priority: j.priority,
+            status: j.status.clone(),
+            stop: j.stop,
+            version: j.version,
+            submit_time: j.submit_time,
+            create_index: j.create_index,
+            modify_index: j.modify_index,
+            job_modify_index: j.job_modify_index,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("*", "dc1"));
+        assert!(glob_match("dc*", "dc1"));
+        assert!(glob_match("d*1", "dc1"));
+        assert!(!glob_match("dc2", "dc1"));
+        assert!(!glob_match("x*", "dc1"));
+    }
+
+    #[test]
+    fn job_json_uses_nomad_field_names() {
+        let mut job = Job {
+            id: "hello".into(),
+            ..Default::default()
+        };
+        job.canonicalize();
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v["ID"], "hello");
+        assert_eq!(v["Type"], "service");
+        assert_eq!(v["Namespace"], "default");
+        assert!(v.get("TaskGroups").is_some());
+    }
+}

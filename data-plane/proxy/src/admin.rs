@@ -1,0 +1,166 @@
+//! The admin listener: `GET /ready` and `GET /config_dump`.
+//!
+//! It runs on its own OS thread with a current-thread tokio runtime, so a slow scrape or a
+//! flood of admin requests never competes with the forwarding runtime.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::error::ProxyError;
+use crate::snapshot::ConfigHandle;
+
+/// A running admin server; [`AdminServer::stop`] ends it and waits for its thread.
+#[derive(Debug)]
+pub struct AdminServer {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Starts serving `listener` (already bound) on a new thread.
+    pub fn start(
+        listener: std::net::TcpListener,
+        addr: SocketAddr,
+        config: ConfigHandle,
+    ) -> Result<AdminServer, ProxyError> {
+        let thread_err = |error| ProxyError::AdminThread { addr, error };
+        listener.set_nonblocking(true).map_err(thread_err)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(thread_err)?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("flotilla-proxy-admin".into())
+            .spawn(move || runtime.block_on(serve(listener, addr, config, stop_rx)))
+            .map_err(thread_err)?;
+        Ok(AdminServer {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops accepting, drops open admin connections and joins the thread.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // Joining blocks; keep it off the async worker.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    config: ConfigHandle,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(error) => {
+            warn!(listener = "admin", %addr, %error, "cannot serve admin listener");
+            return;
+        }
+    };
+    info!(listener = "admin", %addr, "serving");
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                warn!(listener = "admin", %addr, %error, "accept failed");
+                continue;
+            }
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let config = config.clone();
+                async move { Ok::<_, Infallible>(handle(&config, &req)) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await
+            {
+                debug!(%peer, %error, "admin connection ended with error");
+            }
+        });
+    }
+    info!(listener = "admin", %addr, "stopped");
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+fn handle(config: &ConfigHandle, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "only GET is supported\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/ready" => {
+            let snapshot = config.load();
+            if snapshot.is_ready() {
+                respond(StatusCode::OK, TEXT, "ready\n".into())
+            } else {
+                let versions = snapshot.versions();
+                let missing: Vec<&str> = [
+                    ("clusters", versions.clusters.is_none()),
+                    ("routes", versions.routes.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, missing)| missing.then_some(name))
+                .collect();
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("not ready: waiting for {}\n", missing.join(", ")),
+                )
+            }
+        }
+        "/config_dump" => {
+            let dump = config.load().to_json();
+            match serde_json::to_string_pretty(&dump) {
+                Ok(json) => respond(StatusCode::OK, "application/json", json + "\n"),
+                Err(error) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    format!("cannot encode config: {error}\n"),
+                ),
+            }
+        }
+        other => respond(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            format!("no admin endpoint {other:?}; try /ready or /config_dump\n"),
+        ),
+    }
+}

@@ -1,0 +1,83 @@
+//! Graceful shutdown: a drain signal, a grace period, then force.
+//!
+//! Every connection task is spawned through [`Drain::spawn`], so it is tracked and can be
+//! cancelled. On [`Drain::shutdown`], accept loops stop, HTTP connections finish their in-flight
+//! requests and close, and whatever is still running when the grace period ends is dropped.
+
+use std::future::Future;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulConnection;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Shared drain state. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Drain {
+    draining: CancellationToken,
+    force: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Drain {
+    /// A drain that has not been signalled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Spawns a tracked task that is dropped if the grace period runs out.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let force = self.force.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = task => {}
+                () = force.cancelled() => {}
+            }
+        });
+    }
+
+    /// Resolves once shutdown has started.
+    pub async fn signaled(&self) {
+        self.draining.cancelled().await;
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Starts draining (accept loops stop, connections close once idle).
+    pub fn signal(&self) {
+        self.draining.cancel();
+    }
+
+    /// Signals, waits up to `grace` for tracked tasks, then drops the rest. Returns `true` when
+    /// everything finished within the grace period.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.signal();
+        self.tasks.close();
+        let graceful = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        if !graceful {
+            self.force.cancel();
+            self.tasks.wait().await;
+        }
+        graceful
+    }
+
+    /// Drives a hyper connection; on drain, asks it to finish in-flight requests and close.
+    pub async fn serve<C>(&self, conn: C) -> Result<(), C::Error>
+    where
+        C: GracefulConnection,
+    {
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            () = self.signaled() => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        conn.await
+    }
+}

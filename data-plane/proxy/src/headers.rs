@@ -1,0 +1,115 @@
+//! Header rewriting for proxied HTTP: hop-by-hop stripping and `x-forwarded-*`.
+
+use std::net::SocketAddr;
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// `x-forwarded-for`
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-host`
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `x-forwarded-proto`
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client's address to `x-forwarded-for` and sets `x-forwarded-host` (the host the
+/// client asked for) and `x-forwarded-proto` (the scheme it used to reach this proxy).
+pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>, proto: &str) {
+    let ip = peer.ip().to_string();
+    let previous: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let xff = if previous.is_empty() {
+        ip.clone()
+    } else {
+        format!("{}, {ip}", previous.join(", "))
+    };
+    let xff = HeaderValue::from_str(&xff)
+        .or_else(|_| HeaderValue::from_str(&ip))
+        .ok();
+    headers.remove(&X_FORWARDED_FOR);
+    if let Some(xff) = xff {
+        headers.insert(X_FORWARDED_FOR, xff);
+    }
+    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(h) => headers.insert(X_FORWARDED_HOST, h),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+    if let Ok(proto) = HeaderValue::from_str(proto) {
+        headers.insert(X_FORWARDED_PROTO, proto);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Custom"),
+        );
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        set_forwarded(
+            &mut h,
+            "10.0.0.9:5555".parse().unwrap(),
+            Some("a.example:8080"),
+            "http",
+        );
+        assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h[&X_FORWARDED_HOST], "a.example:8080");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+}

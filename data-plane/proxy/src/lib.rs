@@ -1,0 +1,253 @@
+//! The Flotilla node proxy: the data plane that carries service traffic on every node.
+//!
+//! # Main types
+//! - [`BoundProxy`]: the listeners, bound by [`BoundProxy::bind`] from a [`ProxyConfig`], then
+//!   served by [`BoundProxy::run`] until a shutdown future resolves.
+//! - [`ConfigHandle`] / [`Snapshot`]: the current configuration, an immutable snapshot behind an
+//!   `ArcSwap`. The request path only loads it; the discovery client (or a test, through
+//!   [`BoundProxy::config`]) swaps in new ones.
+//! - [`ProxyError`] (start-up, names the listener and address) and [`RequestError`] (one
+//!   request: where it failed, whether a retry is safe, which status it answers).
+//!
+//! # Data flow
+//! ```text
+//!  control plane ──gRPC Stream──▶ xds::DiscoveryClient ──validate (config)──▶ ArcSwap<Snapshot>
+//!                 ◀── ACK / NACK ─┘                                              │ load()
+//!  client ──HTTP──▶ ingress ──router──▶ balance (round robin, healthy only) ─────┘
+//!                      │
+//!                      ▼ upstream (pooled HTTP/1.1)
+//!          local endpoint: TCP to the workload
+//!          remote endpoint: TCP to the peer's inbound ──CONNECT addr──▶ peer inbound
+//!                                                         (local endpoint check) ──▶ workload
+//!  admin (own thread, current-thread runtime): /ready, /config_dump
+//! ```
+//!
+//! # Threads and listeners
+//! | listener | default | runs on |
+//! |---|---|---|
+//! | ingress (HTTP/1.1, h2c) | `0.0.0.0:8080` | the caller's runtime |
+//! | inbound (CONNECT tunnels between nodes; mTLS later) | `0.0.0.0:15008` | the caller's runtime |
+//! | admin | `127.0.0.1:19000` | its own thread and current-thread runtime |
+//!
+//! Shutdown ([`drain`]): stop accepting, let in-flight requests and tunnels finish for up to the
+//! grace period ([`BoundProxy::with_drain_grace`], 5 s by default), then drop what is left.
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod drain;
+pub mod error;
+pub mod headers;
+pub mod inbound;
+pub mod ingress;
+pub mod router;
+pub mod snapshot;
+pub mod upstream;
+pub mod xds;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+pub use crate::error::{Listener, Origin, ProxyError, RequestError};
+pub use crate::snapshot::{ApplyError, ConfigHandle, Snapshot, Versions};
+
+use crate::admin::AdminServer;
+use crate::drain::Drain;
+use crate::inbound::Inbound;
+use crate::ingress::Ingress;
+use crate::upstream::{Upstream, UpstreamConfig};
+use crate::xds::DiscoveryClient;
+
+/// Default time in-flight requests get to finish after shutdown starts.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Where the proxy listens. Port 0 picks a free port (see [`BoundProxy::ingress_addr`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Edge HTTP listener.
+    pub ingress_addr: SocketAddr,
+    /// Node-to-node tunnel listener.
+    pub inbound_addr: SocketAddr,
+    /// Admin listener; `None` disables it.
+    pub admin_addr: Option<SocketAddr>,
+}
+
+impl Default for ProxyConfig {
+    /// `0.0.0.0:8080`, `0.0.0.0:15008`, admin on `127.0.0.1:19000`.
+    fn default() -> Self {
+        ProxyConfig {
+            ingress_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            inbound_addr: SocketAddr::from(([0, 0, 0, 0], 15008)),
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 19000))),
+        }
+    }
+}
+
+/// The proxy with its listeners bound but not yet serving.
+#[derive(Debug)]
+pub struct BoundProxy {
+    ingress: TcpListener,
+    ingress_addr: SocketAddr,
+    inbound: TcpListener,
+    inbound_addr: SocketAddr,
+    admin: Option<(std::net::TcpListener, SocketAddr)>,
+    config: ConfigHandle,
+    drain_grace: Duration,
+    upstream: UpstreamConfig,
+}
+
+async fn bind_tokio(
+    listener: Listener,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ProxyError> {
+    let err = |error| ProxyError::Bind {
+        listener,
+        addr,
+        error,
+    };
+    let l = TcpListener::bind(addr).await.map_err(err)?;
+    let local = l.local_addr().map_err(err)?;
+    Ok((l, local))
+}
+
+impl BoundProxy {
+    /// Binds all listeners. A port in use fails here, naming the listener and the address.
+    pub async fn bind(cfg: ProxyConfig) -> Result<BoundProxy, ProxyError> {
+        let (ingress, ingress_addr) = bind_tokio(Listener::Ingress, cfg.ingress_addr).await?;
+        let (inbound, inbound_addr) = bind_tokio(Listener::Inbound, cfg.inbound_addr).await?;
+        let admin = match cfg.admin_addr {
+            None => None,
+            Some(addr) => {
+                let err = |error| ProxyError::Bind {
+                    listener: Listener::Admin,
+                    addr,
+                    error,
+                };
+                let l = std::net::TcpListener::bind(addr).map_err(err)?;
+                let local = l.local_addr().map_err(err)?;
+                Some((l, local))
+            }
+        };
+        Ok(BoundProxy {
+            ingress,
+            ingress_addr,
+            inbound,
+            inbound_addr,
+            admin,
+            config: ConfigHandle::new(),
+            drain_grace: DEFAULT_DRAIN_GRACE,
+            upstream: UpstreamConfig::default(),
+        })
+    }
+
+    /// The bound ingress address (the real port when 0 was asked for).
+    pub fn ingress_addr(&self) -> SocketAddr {
+        self.ingress_addr
+    }
+
+    /// The bound inbound address.
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound_addr
+    }
+
+    /// The bound admin address, if the admin listener is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// A handle to the proxy's config: read the snapshot, or apply config without a server.
+    pub fn config(&self) -> ConfigHandle {
+        self.config.clone()
+    }
+
+    /// How long in-flight requests may run after shutdown starts (default 5 s).
+    pub fn with_drain_grace(mut self, grace: Duration) -> Self {
+        self.drain_grace = grace;
+        self
+    }
+
+    /// Upstream connect timeout and pool limits.
+    pub fn with_upstream_config(mut self, upstream: UpstreamConfig) -> Self {
+        self.upstream = upstream;
+        self
+    }
+
+    /// Serves until `shutdown` resolves, then drains. `server` is the control plane's gRPC URL,
+    /// e.g. `"http://127.0.0.1:4647"`; it is checked up front, then (re)connected forever.
+    pub async fn run(
+        self,
+        node_id: String,
+        server: String,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ProxyError> {
+        let endpoint = xds::endpoint(&server)?;
+        let admin_addr = self.admin_addr();
+        let admin = match self.admin {
+            Some((listener, addr)) => {
+                Some(AdminServer::start(listener, addr, self.config.clone())?)
+            }
+            None => None,
+        };
+        info!(
+            %node_id,
+            %server,
+            ingress = %self.ingress_addr,
+            inbound = %self.inbound_addr,
+            admin = ?admin_addr,
+            "node proxy serving"
+        );
+
+        let drain = Drain::new();
+        let upstream = Upstream::new(self.upstream.clone());
+        let discovery =
+            tokio::spawn(DiscoveryClient::new(node_id, endpoint, self.config.clone()).run());
+        let pruner = tokio::spawn({
+            let upstream = upstream.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tick.tick().await;
+                    upstream.prune();
+                }
+            }
+        });
+        let ingress = tokio::spawn(ingress::serve(
+            self.ingress,
+            Ingress::new(self.config.clone(), upstream.clone()),
+            drain.clone(),
+        ));
+        let inbound = tokio::spawn(inbound::serve(
+            self.inbound,
+            Inbound::new(self.config.clone(), self.upstream.connect_timeout),
+            drain.clone(),
+        ));
+
+        shutdown.await;
+        info!(
+            grace_ms = self.drain_grace.as_millis() as u64,
+            "shutting down: draining connections"
+        );
+        drain.signal();
+        // Accept loops exit on the signal, closing the listeners.
+        let _ = ingress.await;
+        let _ = inbound.await;
+        if drain.shutdown(self.drain_grace).await {
+            info!("drained");
+        } else {
+            warn!(
+                grace_ms = self.drain_grace.as_millis() as u64,
+                "grace period over; dropped remaining connections"
+            );
+        }
+        discovery.abort();
+        pruner.abort();
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
+        Ok(())
+    }
+}

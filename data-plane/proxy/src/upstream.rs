@@ -1,0 +1,305 @@
+//! Upstream connections: connect directly or through a peer proxy's CONNECT tunnel, and pool
+//! HTTP/1.1 connections per [`Target`].
+//!
+//! A connection is checked out (idle one, or a new one) before the request is handed over, so a
+//! connect failure gives the request back to the caller, which may try another endpoint. A pooled
+//! connection that turns out closed before the request was written also gives it back, and a
+//! fresh connection is tried once.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+pub use crate::config::Target;
+
+/// Body type of requests sent upstream.
+pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+
+/// Timeouts and pool limits.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Covers TCP connect, the tunnel handshake and the HTTP/1.1 handshake.
+    pub connect_timeout: Duration,
+    /// Idle pooled connections older than this are closed.
+    pub idle_timeout: Duration,
+    /// At most this many idle connections are kept per target.
+    pub max_idle_per_target: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_target: 64,
+        }
+    }
+}
+
+/// Why no connection to an endpoint could be made. Nothing was sent: safe to retry elsewhere.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect to the endpoint (or to the peer proxy) failed.
+    #[error("connect to {addr}: {error}")]
+    Tcp { addr: SocketAddr, error: io::Error },
+    /// The whole connect step took longer than the connect timeout.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// The peer proxy refused or broke the CONNECT tunnel.
+    #[error("tunnel through proxy {proxy}: {error}")]
+    Tunnel {
+        proxy: SocketAddr,
+        error: TunnelError,
+    },
+    /// The HTTP/1.1 handshake on the new connection failed.
+    #[error("HTTP handshake: {0}")]
+    Handshake(hyper::Error),
+    /// The connection closed before the request could be written.
+    #[error("connection closed before the request was sent: {0}")]
+    Closed(hyper::Error),
+}
+
+/// A CONNECT tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// HTTP exchange with the peer proxy failed.
+    #[error("CONNECT exchange failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// The peer proxy answered with a status other than 200.
+    #[error("peer proxy answered {status}: {message}")]
+    Refused { status: StatusCode, message: String },
+}
+
+/// Opens a CONNECT tunnel to `target` over `io` (a connection to a peer proxy's inbound
+/// listener). Generic over the transport so a TLS stream can be passed later.
+pub async fn open_tunnel<I>(io: I, target: SocketAddr) -> Result<Upgraded, TunnelError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, conn) = http1::Builder::new()
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.with_upgrades().await {
+            debug!(%target, %error, "tunnel handshake connection ended with error");
+        }
+    });
+    let authority = target.to_string();
+    let mut req = Request::new(Empty::new());
+    *req.method_mut() = Method::CONNECT;
+    match authority.parse() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => {
+            return Err(TunnelError::Refused {
+                status: StatusCode::BAD_REQUEST,
+                message: format!("cannot form a CONNECT URI from {authority:?}"),
+            });
+        }
+    }
+    if let Ok(host) = header::HeaderValue::from_str(&authority) {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let resp = tx.send_request(req).await?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let message = match Limited::new(resp.into_body(), 1024).collect().await {
+            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).trim().to_owned(),
+            Err(_) => String::new(),
+        };
+        return Err(TunnelError::Refused { status, message });
+    }
+    Ok(hyper::upgrade::on(resp).await?)
+}
+
+/// The request could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection; the request is handed back untouched.
+    Connect {
+        error: ConnectError,
+        request: Box<Request<UpstreamBody>>,
+    },
+    /// The request was (maybe partly) sent; it is gone.
+    Request(hyper::Error),
+}
+
+struct Idle {
+    tx: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// Pooled HTTP/1.1 client for upstream endpoints.
+pub struct Upstream {
+    cfg: UpstreamConfig,
+    idle: Mutex<HashMap<Target, Vec<Idle>>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Upstream {
+    /// An empty pool.
+    pub fn new(cfg: UpstreamConfig) -> Arc<Self> {
+        Arc::new(Upstream {
+            cfg,
+            idle: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends `req` (origin-form URI, Host header set) to `target`.
+    pub async fn send(
+        self: &Arc<Self>,
+        target: Target,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        // Pooled connections first; one that closed under us hands the request back.
+        while let Some(mut tx) = self.take_idle(target) {
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    self.release(target, tx);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => {
+                        debug!(%target, error = %e.error(), "pooled connection unusable; retrying");
+                        req = r;
+                    }
+                    None => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+        let mut tx = match self.connect(target).await {
+            Ok(tx) => tx,
+            Err(error) => {
+                return Err(SendError::Connect {
+                    error,
+                    request: Box::new(req),
+                });
+            }
+        };
+        match tx.try_send_request(req).await {
+            Ok(resp) => {
+                self.release(target, tx);
+                Ok(resp)
+            }
+            Err(mut e) => match e.take_message() {
+                Some(request) => Err(SendError::Connect {
+                    error: ConnectError::Closed(e.into_error()),
+                    request: Box::new(request),
+                }),
+                None => Err(SendError::Request(e.into_error())),
+            },
+        }
+    }
+
+    /// Drops idle connections that are closed or past the idle timeout.
+    pub fn prune(&self) {
+        let timeout = self.cfg.idle_timeout;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|_, conns| {
+                conns.retain(|c| !c.tx.is_closed() && c.since.elapsed() < timeout);
+                !conns.is_empty()
+            });
+        }
+    }
+
+    fn take_idle(&self, target: Target) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().ok()?;
+        let conns = idle.get_mut(&target)?;
+        let mut found = None;
+        while let Some(c) = conns.pop() {
+            if c.tx.is_ready() && c.since.elapsed() < self.cfg.idle_timeout {
+                found = Some(c.tx);
+                break;
+            }
+        }
+        if conns.is_empty() {
+            idle.remove(&target);
+        }
+        found
+    }
+
+    /// Returns the connection to the pool once its response has been read (HTTP/1.1 is ready
+    /// for the next request only then). A connection that closes instead is dropped.
+    fn release(self: &Arc<Self>, target: Target, mut tx: SendRequest<UpstreamBody>) {
+        let pool: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if tx.ready().await.is_err() {
+                return;
+            }
+            let Some(pool) = pool.upgrade() else { return };
+            let Ok(mut idle) = pool.idle.lock() else {
+                return;
+            };
+            let conns = idle.entry(target).or_default();
+            if conns.len() < pool.cfg.max_idle_per_target {
+                conns.push(Idle {
+                    tx,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+
+    async fn connect(&self, target: Target) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+        let timeout = self.cfg.connect_timeout;
+        tokio::time::timeout(timeout, connect(target))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))?
+    }
+}
+
+async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|error| ConnectError::Tcp { addr, error })?;
+    // Latency over throughput for proxied request/response traffic; failure is harmless.
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+async fn connect(target: Target) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    match target.via {
+        None => handshake(TokioIo::new(tcp_connect(target.addr).await?)).await,
+        Some(proxy) => {
+            let tcp = tcp_connect(proxy).await?;
+            let tunnel = open_tunnel(tcp, target.addr)
+                .await
+                .map_err(|error| ConnectError::Tunnel { proxy, error })?;
+            handshake(tunnel).await
+        }
+    }
+}
+
+async fn handshake<I>(io: I) -> Result<SendRequest<UpstreamBody>, ConnectError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (tx, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            debug!(%error, "upstream connection ended with error");
+        }
+    });
+    Ok(tx)
+}

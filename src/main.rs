@@ -1,0 +1,124 @@
+//! `flotilla`: parse the command line and hand over to the library.
+
+use clap::{Parser, Subcommand};
+use flotilla::{agent, dev, server};
+
+/// Flotilla: a container orchestrator with a built-in service mesh.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a server: the control plane (API, state, scheduler, catalog, discovery).
+    Server(server::ServerArgs),
+    /// Run a node: the agent that runs allocations, and its node proxy.
+    Agent(agent::AgentArgs),
+    /// Run a one-process dev cluster, optionally with jobs.
+    Dev(dev::DevArgs),
+    /// Submit, inspect and stop jobs.
+    Job(JobArgs),
+    /// Inspect allocations and read their logs.
+    Alloc(AllocArgs),
+    /// Inspect nodes.
+    Node(NodeArgs),
+    /// Inspect the service catalog.
+    Service(ServiceArgs),
+    /// The example workload: an HTTP server answering with its allocation id and node.
+    DemoApp(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DEMO_LISTEN")]
+    listen: std::net::SocketAddr,
+    /// Node name to report.
+    #[arg(long, default_value = "unknown")]
+    node: String,
+    /// Allocation id to report.
+    #[arg(long, env = "NOMAD_ALLOC_ID", default_value = "unknown")]
+    alloc_id: String,
+}
+
+macro_rules! verb_args {
+    ($name:ident, $cmd:ty) => {
+        #[derive(Debug, clap::Args)]
+        struct $name {
+            #[command(flatten)]
+            connect: flotilla_cli::ConnectArgs,
+            #[command(subcommand)]
+            cmd: $cmd,
+        }
+    };
+}
+verb_args!(JobArgs, flotilla_cli::JobCmd);
+verb_args!(AllocArgs, flotilla_cli::AllocCmd);
+verb_args!(NodeArgs, flotilla_cli::NodeCmd);
+verb_args!(ServiceArgs, flotilla_cli::ServiceCmd);
+
+fn main() -> std::process::ExitCode {
+    let args = flotilla_cli::normalize_args(std::env::args());
+    let cli = Cli::parse_from(args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flotilla: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<i32> = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(a) => {
+                flotilla::init_logging("info");
+                server::run(a).await.map(|_| 0)
+            }
+            Command::Agent(a) => {
+                flotilla::init_logging("info");
+                agent::run(a).await.map(|_| 0)
+            }
+            Command::Dev(a) => {
+                flotilla::init_logging("warn");
+                dev::run(a).await.map(|_| 0)
+            }
+            Command::DemoApp(a) => {
+                flotilla_demo_app::serve(
+                    a.listen,
+                    flotilla_demo_app::Identity {
+                        alloc_id: a.alloc_id,
+                        node: a.node,
+                    },
+                )
+                .await?;
+                Ok(0)
+            }
+            Command::Job(a) => {
+                flotilla_cli::run_job(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd).await
+            }
+            Command::Alloc(a) => {
+                flotilla_cli::run_alloc(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd)
+                    .await
+            }
+            Command::Node(a) => {
+                flotilla_cli::run_node(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd).await
+            }
+            Command::Service(a) => {
+                flotilla_cli::run_service(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd)
+                    .await
+            }
+        }
+    });
+    match result {
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
