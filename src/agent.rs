@@ -126,6 +126,13 @@ pub async fn start(
 /// Run `flotilla agent` until a signal.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let shutdown = crate::signals::shutdown_on_signals();
-    let (_, handle) = start(&args, shutdown).await?;
-    handle.await.context("agent task")?
+    let (_, handle) = start(&args, shutdown.clone()).await?;
+    // Tasks get their kill timeouts; allow for them before giving up.
+    crate::signals::drain(
+        handle,
+        shutdown,
+        std::time::Duration::from_secs(60),
+        "agent",
+    )
+    .await
 }

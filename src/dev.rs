@@ -110,18 +110,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     println!("    Press Ctrl-C to stop (allocations are stopped, data removed unless --data-dir).");
 
-    crate::signals::wait(shutdown).await;
-    let drained = tokio::time::timeout(Duration::from_secs(30), async {
-        let (a, b) = tokio::join!(node_task, server_task);
-        a.context("node")??;
-        b.context("server")??;
-        anyhow::Ok(())
-    })
-    .await;
-    match drained {
-        Ok(r) => r,
-        Err(_) => anyhow::bail!("shutdown did not finish within 30s"),
-    }
+    // Node first (it stops the workloads and reports), then the server.
+    crate::signals::drain(node_task, shutdown.clone(), Duration::from_secs(60), "node").await?;
+    crate::signals::drain(server_task, shutdown, Duration::from_secs(10), "server").await
 }
 
 /// "Try:" lines for the services of a jobspec, from their tags.

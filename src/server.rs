@@ -94,6 +94,6 @@ pub async fn start(
 /// Run `flotilla server` until a signal.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let shutdown = crate::signals::shutdown_on_signals();
-    let (_, handle) = start(&args, shutdown).await?;
-    handle.await.context("server task")?
+    let (_, handle) = start(&args, shutdown.clone()).await?;
+    crate::signals::drain(handle, shutdown, Duration::from_secs(10), "server").await
 }

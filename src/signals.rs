@@ -28,3 +28,26 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
 pub async fn wait(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
+
+/// Wait for `task` to finish; once `shutdown` has fired, give it at most `grace` before giving
+/// up on it (a long blocking query or a stuck peer must not keep the process alive forever).
+pub async fn drain(
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    shutdown: watch::Receiver<bool>,
+    grace: std::time::Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let mut task = task;
+    tokio::select! {
+        r = &mut task => return r.map_err(|e| anyhow::anyhow!("{what} task: {e}"))?,
+        _ = wait(shutdown) => {}
+    }
+    match tokio::time::timeout(grace, &mut task).await {
+        Ok(r) => r.map_err(|e| anyhow::anyhow!("{what} task: {e}"))?,
+        Err(_) => {
+            tracing::warn!(grace = ?grace, "{what} did not drain in time; stopping anyway");
+            task.abort();
+            Ok(())
+        }
+    }
+}

@@ -186,12 +186,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
 fn service_ops(state: &State, a: &Allocation, health: &[pb::ServiceHealth]) -> Vec<Op> {
     let mut ops = Vec::new();
     let live = !a.terminal() && a.client_status == ALLOC_CLIENT_RUNNING;
-    let existing: Vec<_> = state
-        .services
-        .values()
-        .filter(|s| s.alloc_id == a.id)
-        .cloned()
-        .collect();
+    let existing: Vec<_> = state.services_by_alloc(&a.id).cloned().collect();
     if !live {
         ops.extend(existing.iter().map(|s| Op::DeleteService(s.id.clone())));
         return ops;

@@ -31,7 +31,7 @@ pub fn commit(store: &dyn Store, eval: &Evaluation, plan: &Plan) -> Result<(), C
     let now = crate::now_nanos();
     let mut ops = Vec::new();
     for a in &plan.stop {
-        for svc in state.services.values().filter(|s| s.alloc_id == a.id) {
+        for svc in state.services_by_alloc(&a.id) {
             ops.push(Op::DeleteService(svc.id.clone()));
         }
         ops.push(Op::PutAlloc(a.clone()));

@@ -99,7 +99,7 @@ pub fn mark_down(
     for a in state.allocs_by_node(node_id).filter(|a| !a.terminal()) {
         jobs.insert(JobKey::new(&a.namespace, &a.job_id));
         // Its instances no longer receive traffic.
-        for svc in state.services.values().filter(|s| s.alloc_id == a.id) {
+        for svc in state.services_by_alloc(&a.id) {
             ops.push(Op::DeleteService(svc.id.clone()));
         }
     }

@@ -54,6 +54,7 @@ pub struct State {
     pub services: OrdMap<String, Arc<ServiceRegistration>>,
     allocs_by_node: OrdMap<String, OrdSet<String>>,
     allocs_by_job: OrdMap<JobKey, OrdSet<String>>,
+    services_by_alloc: OrdMap<String, OrdSet<String>>,
     pending_evals: OrdSet<(u64, String)>,
 }
 
@@ -125,6 +126,18 @@ impl State {
         } else {
             flotilla_types::JOB_STATUS_PENDING
         }
+    }
+
+    /// Catalog registrations of one allocation's services.
+    pub fn services_by_alloc<'a>(
+        &'a self,
+        alloc_id: &str,
+    ) -> impl Iterator<Item = &'a Arc<ServiceRegistration>> {
+        self.services_by_alloc
+            .get(alloc_id)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.services.get(id))
     }
 
     /// Service registrations with this service name.
@@ -239,11 +252,26 @@ impl State {
             Op::PutService(mut svc) => {
                 let old = self.services.get(&svc.id).map(|s| s.create_index);
                 stamp(&mut svc.create_index, &mut svc.modify_index, old, index);
+                self.services_by_alloc
+                    .entry(svc.alloc_id.clone())
+                    .or_default()
+                    .insert(svc.id.clone());
                 self.services.insert(svc.id.clone(), Arc::new(svc.clone()));
                 Op::PutService(svc)
             }
             Op::DeleteService(id) => {
-                self.services.remove(&id);
+                if let Some(old) = self.services.remove(&id) {
+                    let now_empty =
+                        self.services_by_alloc
+                            .get_mut(&old.alloc_id)
+                            .is_some_and(|set| {
+                                set.remove(&id);
+                                set.is_empty()
+                            });
+                    if now_empty {
+                        self.services_by_alloc.remove(&old.alloc_id);
+                    }
+                }
                 Op::DeleteService(id)
             }
         }

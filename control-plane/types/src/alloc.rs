@@ -34,6 +34,16 @@ pub struct Allocation {
     /// The allocation this one replaces, if any.
     #[serde(rename = "PreviousAllocation")]
     pub previous_allocation: String,
+    /// The allocation that replaced this one, if any.
+    #[serde(rename = "NextAllocation")]
+    pub next_allocation: String,
+    /// Replacements so far in this line of allocations (for the reschedule policy).
+    pub reschedule_tracker: Option<RescheduleTracker>,
+    /// The delayed evaluation that will replace this failed allocation.
+    #[serde(rename = "FollowupEvalID")]
+    pub followup_eval_id: String,
+    /// Server-side requests to the scheduler about this allocation (drain migrations).
+    pub desired_transition: DesiredTransition,
     pub create_index: u64,
     pub modify_index: u64,
     /// Nanoseconds since the Unix epoch.
@@ -105,6 +115,34 @@ impl Allocation {
     pub fn short_id(&self) -> &str {
         short_id(&self.id)
     }
+}
+
+/// Past replacements of an allocation line (Nomad's `RescheduleTracker`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RescheduleTracker {
+    pub events: Vec<RescheduleEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RescheduleEvent {
+    /// Nanoseconds since the Unix epoch.
+    pub reschedule_time: i64,
+    #[serde(rename = "PrevAllocID")]
+    pub prev_alloc_id: String,
+    #[serde(rename = "PrevNodeID")]
+    pub prev_node_id: String,
+    /// Nanoseconds waited before this replacement.
+    pub delay: i64,
+}
+
+/// Nomad's `DesiredTransition`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DesiredTransition {
+    /// Move the allocation off its node (drain).
+    pub migrate: bool,
 }
 
 /// The first 8 characters of an id, as Nomad's CLI prints them.

@@ -31,6 +31,11 @@ pub struct Evaluation {
     pub blocked_eval: String,
     /// The evaluation this one follows up.
     pub previous_eval: String,
+    /// Nanoseconds since the Unix epoch before which the evaluation must not run (delayed
+    /// reschedules).
+    pub wait_until: i64,
+    /// Instances per group still waiting for a place.
+    pub queued_allocations: BTreeMap<String, u64>,
     pub create_index: u64,
     pub modify_index: u64,
     pub create_time: i64,
@@ -48,6 +53,10 @@ pub const TRIGGER_JOB_DEREGISTER: &str = "job-deregister";
 pub const TRIGGER_NODE_UPDATE: &str = "node-update";
 pub const TRIGGER_ALLOC_FAILURE: &str = "alloc-failure";
 pub const TRIGGER_QUEUED_ALLOCS: &str = "queued-allocs";
+pub const TRIGGER_NODE_DRAIN: &str = "node-drain";
+pub const TRIGGER_RETRY_FAILED_ALLOC: &str = "alloc-failure-retry";
+pub const TRIGGER_PERIODIC_JOB: &str = "periodic-job";
+pub const TRIGGER_JOB_DISPATCH: &str = "job-dispatch";
 
 impl Evaluation {
     pub fn terminal(&self) -> bool {

@@ -18,6 +18,19 @@ pub struct Job {
     pub datacenters: Vec<String>,
     pub task_groups: Vec<TaskGroup>,
     pub meta: BTreeMap<String, String>,
+    pub constraints: Vec<crate::Constraint>,
+    pub affinities: Vec<crate::Affinity>,
+    pub spreads: Vec<crate::Spread>,
+    /// The job-level `update` block (groups inherit what they do not set).
+    pub update: Option<crate::UpdateStrategy>,
+    pub periodic: Option<crate::PeriodicConfig>,
+    #[serde(rename = "ParameterizedJob")]
+    pub parameterized_job: Option<crate::ParameterizedJobConfig>,
+    /// For a dispatched or periodic child: the parent job's id.
+    #[serde(rename = "ParentID")]
+    pub parent_id: String,
+    /// The payload given to `job dispatch` (base64 in JSON, as Nomad).
+    pub payload: String,
     /// `pending`, `running` or `dead`; maintained by the server.
     pub status: String,
     /// Set by `job stop`: the job stays known but nothing of it runs.
@@ -103,11 +116,24 @@ pub struct TaskGroup {
     pub networks: Vec<NetworkResource>,
     pub services: Vec<Service>,
     pub restart_policy: Option<RestartPolicy>,
+    pub reschedule_policy: Option<crate::ReschedulePolicy>,
+    pub update: Option<crate::UpdateStrategy>,
+    pub constraints: Vec<crate::Constraint>,
+    pub affinities: Vec<crate::Affinity>,
+    pub spreads: Vec<crate::Spread>,
+    pub volumes: BTreeMap<String, crate::VolumeRequest>,
+    pub ephemeral_disk: Option<crate::EphemeralDisk>,
     pub meta: BTreeMap<String, String>,
 }
 
 impl TaskGroup {
     fn canonicalize(&mut self, job_type: &str) {
+        if self.reschedule_policy.is_none() {
+            self.reschedule_policy = Some(crate::ReschedulePolicy::default_for(job_type));
+        }
+        if self.ephemeral_disk.is_none() {
+            self.ephemeral_disk = Some(crate::EphemeralDisk::default());
+        }
         let default_policy = RestartPolicy::default_for(job_type);
         let group_policy = self.restart_policy.get_or_insert(default_policy).clone();
         for task in &mut self.tasks {
@@ -122,6 +148,9 @@ impl TaskGroup {
             }
             if task.kill_timeout == 0 {
                 task.kill_timeout = 5 * crate::NANOS_PER_SEC;
+            }
+            if task.log_config.is_none() {
+                task.log_config = Some(crate::LogConfig::default());
             }
             for service in &mut task.services {
                 service.canonicalize();
@@ -176,6 +205,24 @@ pub struct Task {
     pub kill_timeout: i64,
     pub kill_signal: String,
     pub meta: BTreeMap<String, String>,
+    pub constraints: Vec<crate::Constraint>,
+    pub affinities: Vec<crate::Affinity>,
+    pub lifecycle: Option<crate::TaskLifecycle>,
+    pub artifacts: Vec<crate::TaskArtifact>,
+    pub templates: Vec<crate::Template>,
+    #[serde(rename = "LogConfig")]
+    pub log_config: Option<crate::LogConfig>,
+    pub user: String,
+    pub volume_mounts: Vec<crate::VolumeMount>,
+    /// Where a dispatched job's payload is written in the task directory.
+    pub dispatch_payload: Option<DispatchPayloadConfig>,
+}
+
+/// Nomad's `DispatchPayloadConfig`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DispatchPayloadConfig {
+    pub file: String,
 }
 
 /// CPU in MHz and memory in MB (Nomad's `structs.Resources`).
@@ -246,7 +293,7 @@ impl Service {
 #[serde(rename_all = "PascalCase", default)]
 pub struct ServiceCheck {
     pub name: String,
-    /// `http` or `tcp`.
+    /// `http`, `tcp` or `grpc`.
     #[serde(rename = "Type")]
     pub check_type: String,
     pub path: String,
@@ -257,6 +304,12 @@ pub struct ServiceCheck {
     /// Nanoseconds before a run counts as failed.
     pub timeout: i64,
     pub method: String,
+    /// For `grpc` checks: the service name sent in the health request.
+    #[serde(rename = "GRPCService")]
+    pub grpc_service: String,
+    #[serde(rename = "GRPCUseTLS")]
+    pub grpc_use_tls: bool,
+    pub check_restart: Option<crate::CheckRestart>,
 }
 
 /// What to do when a task exits (Nomad's `structs.RestartPolicy`).

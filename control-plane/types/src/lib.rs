@@ -13,12 +13,14 @@ mod alloc;
 mod eval;
 mod job;
 mod node;
+mod policy;
 mod service;
 
 pub use alloc::*;
 pub use eval::*;
 pub use job::*;
 pub use node::*;
+pub use policy::*;
 pub use service::*;
 
 /// The namespace used when a job does not name one.
