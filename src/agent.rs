@@ -49,6 +49,13 @@ pub struct AgentArgs {
     /// Node metadata, KEY=VALUE; repeatable.
     #[arg(long = "meta", value_parser = parse_kv)]
     pub meta: Vec<(String, String)>,
+    /// A host volume this node offers to jobs, NAME=ABSOLUTE_PATH; repeatable.
+    #[arg(long = "host-volume", value_parser = parse_kv)]
+    pub host_volumes: Vec<(String, String)>,
+    /// Stop every task when the agent stops. By default tasks keep running and the agent
+    /// re-attaches to them when it starts again (as Nomad does).
+    #[arg(long)]
+    pub stop_tasks_on_shutdown: bool,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -72,6 +79,8 @@ pub struct NodeAddrs {
     pub ingress: SocketAddr,
     pub inbound: SocketAddr,
     pub http: SocketAddr,
+    /// The proxy's admin listener (`/ready`, `/config_dump`).
+    pub admin: Option<SocketAddr>,
 }
 
 /// Bind the proxy and the agent, then run both in the background until `shutdown`.
@@ -88,6 +97,7 @@ pub async fn start(
     .context("starting the node proxy")?;
     let inbound = proxy.inbound_addr();
     let ingress = proxy.ingress_addr();
+    let admin = proxy.admin_addr();
     let agent = flotilla_agent::bind(flotilla_agent::AgentConfig {
         name: args.name.clone().unwrap_or_else(host_name),
         datacenter: args.datacenter.clone(),
@@ -100,6 +110,12 @@ pub async fn start(
         cpu_mhz: args.cpu,
         memory_mb: args.memory,
         meta: args.meta.iter().cloned().collect::<BTreeMap<_, _>>(),
+        host_volumes: args
+            .host_volumes
+            .iter()
+            .map(|(k, v)| (k.clone(), std::path::PathBuf::from(v)))
+            .collect(),
+        stop_tasks_on_shutdown: args.stop_tasks_on_shutdown,
     })
     .await
     .context("starting the node agent")?;
@@ -108,6 +124,7 @@ pub async fn start(
         ingress,
         inbound,
         http: agent.http_addr(),
+        admin,
     };
     info!(node = %addrs.node_id, ingress = %addrs.ingress, inbound = %addrs.inbound, "node started");
     let server = args.server.clone();

@@ -71,6 +71,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         cpu: None,
         memory: None,
         meta: Vec::new(),
+        host_volumes: Vec::new(),
+        // A dev cluster is ephemeral: its workloads go with it.
+        stop_tasks_on_shutdown: true,
     };
     let (node, node_task) = crate::agent::start(&agent_args, shutdown.clone()).await?;
     eprintln!(
@@ -82,12 +85,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let api = format!("http://{}", server.http);
     let client = flotilla_cli::Client::new(&api)?;
+    wait_for_node(&client, &node.node_id).await?;
     let mut summary = Vec::new();
     for file in &args.jobs {
         let code = flotilla_cli::run_job(
             &client,
             flotilla_cli::JobCmd::Run {
                 file: file.clone(),
+                vars: flotilla_cli::VarArgs::default(),
                 detach: false,
                 timeout: Duration::from_secs(120),
                 json: false,
@@ -100,7 +105,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 file.display()
             );
         }
-        summary.extend(crate::dev::routes_summary(&client, file, node.ingress).await);
+        summary.extend(crate::dev::routes_summary(&client, file, &node).await);
     }
     println!("\n==> Flotilla dev cluster ready");
     println!("    API:      {api}   (export FLOTILLA_ADDR={api})");
@@ -119,8 +124,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 async fn routes_summary(
     client: &flotilla_cli::Client,
     file: &std::path::Path,
-    ingress: std::net::SocketAddr,
+    node: &crate::agent::NodeAddrs,
 ) -> Vec<String> {
+    let ingress = node.ingress;
     let Ok(src) = std::fs::read_to_string(file) else {
         return Vec::new();
     };
@@ -130,7 +136,6 @@ async fn routes_summary(
     let mut out = Vec::new();
     for group in &parsed.job.task_groups {
         for svc in group.all_services() {
-            wait_for_ingress(ingress, &svc.name).await;
             let healthy = client
                 .get::<Vec<flotilla_types::ServiceRegistration>>(
                     &format!("/v1/service/{}", svc.name),
@@ -139,6 +144,9 @@ async fn routes_summary(
                 .await
                 .map(|(regs, _)| regs.iter().filter(|r| r.healthy()).count())
                 .unwrap_or(0);
+            if let Some(admin) = node.admin {
+                wait_for_proxy(admin, &svc.name, healthy).await;
+            }
             out.push(format!(
                 "Service {:?}: {healthy} healthy instance(s)",
                 svc.name
@@ -159,21 +167,51 @@ async fn routes_summary(
     out
 }
 
-/// Wait (bounded) until the node proxy routes to `service`: the catalog can say healthy a moment
-/// before the proxy has applied the push that carries it.
-async fn wait_for_ingress(ingress: std::net::SocketAddr, service: &str) {
+/// Wait until the dev node has registered and is ready, so the jobs submitted next are placed at
+/// once rather than blocked.
+async fn wait_for_node(client: &flotilla_cli::Client, node_id: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut index = None;
+    loop {
+        if let Ok((node, i)) = client
+            .get::<flotilla_types::Node>(&format!("/v1/node/{node_id}"), index)
+            .await
+        {
+            if node.status == flotilla_types::NODE_STATUS_READY {
+                return Ok(());
+            }
+            index = Some(i);
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the dev node {node_id} did not register with the server within 30s");
+        }
+    }
+}
+
+/// Wait (bounded) until the node proxy's own configuration has `healthy` healthy instances of
+/// `service`: the catalog says healthy a moment before the proxy has applied the push that
+/// carries it, and the summary must only be printed once requests will really be balanced.
+async fn wait_for_proxy(admin: std::net::SocketAddr, service: &str, healthy: usize) {
     let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
-        let answered = http
-            .get(format!("http://{ingress}/"))
-            .header("host", format!("{service}.service.flotilla"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE);
-        if answered {
+        let dump: Option<serde_json::Value> =
+            match http.get(format!("http://{admin}/config_dump")).send().await {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+        let in_proxy = dump
+            .as_ref()
+            .and_then(|d| d["clusters"].as_array())
+            .and_then(|cs| cs.iter().find(|c| c["name"] == service))
+            .and_then(|c| c["endpoints"].as_array())
+            .map(|eps| eps.iter().filter(|e| e["healthy"] == true).count())
+            .unwrap_or(0);
+        if in_proxy >= healthy {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -27,6 +27,8 @@ enum Command {
     Node(NodeArgs),
     /// Inspect the service catalog.
     Service(ServiceArgs),
+    /// Inspect evaluations.
+    Eval(EvalArgs),
     /// The example workload: an HTTP server answering with its allocation id and node.
     DemoApp(DemoArgs),
 }
@@ -59,6 +61,7 @@ verb_args!(JobArgs, flotilla_cli::JobCmd);
 verb_args!(AllocArgs, flotilla_cli::AllocCmd);
 verb_args!(NodeArgs, flotilla_cli::NodeCmd);
 verb_args!(ServiceArgs, flotilla_cli::ServiceCmd);
+verb_args!(EvalArgs, flotilla_cli::EvalCmd);
 
 fn main() -> std::process::ExitCode {
     let args = flotilla_cli::normalize_args(std::env::args());
@@ -107,6 +110,9 @@ fn main() -> std::process::ExitCode {
             }
             Command::Node(a) => {
                 flotilla_cli::run_node(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd).await
+            }
+            Command::Eval(a) => {
+                flotilla_cli::run_eval(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd).await
             }
             Command::Service(a) => {
                 flotilla_cli::run_service(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd)

@@ -2,8 +2,13 @@
 //!
 //! The decision is a pure function ([`plan`]) of the set and what runs here; the manager
 //! applies it. An allocation is started at most once per agent run, whatever the server sends.
+//!
+//! After an agent restart the allocations saved in the data dir ([`crate::state`]) are taken
+//! up when the first set arrives ([`recovery_plan`]): those the server still wants re-attach
+//! to their running tasks, the others are re-attached to and stopped. Then every driver reaps
+//! what nobody owns any more (`Driver::reap_unowned`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use flotilla_proto::agent::v1 as pb;
@@ -14,6 +19,8 @@ use flotilla_types::{
 use tokio::sync::watch;
 
 use crate::runner::{AllocHandle, RunnerContext};
+use crate::state::SavedAlloc;
+use crate::task::TaskControl;
 
 /// Where an allocation stands on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,12 +101,49 @@ pub fn plan(
     actions
 }
 
+/// What to do with a saved allocation when the first set arrives after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recovery {
+    /// Still wanted: run it (the server's latest version), re-attaching to its tasks.
+    Resume(Box<pb::Allocation>, Box<SavedAlloc>),
+    /// No longer wanted: re-attach to its tasks and stop them.
+    Stop(Box<SavedAlloc>),
+    /// Nothing runs and the server has nothing to learn about it.
+    Ignore(String),
+}
+
+/// Decides the fate of each saved allocation given the server's first set.
+pub fn recovery_plan(saved: Vec<SavedAlloc>, set: &[pb::Allocation]) -> Vec<Recovery> {
+    let by_id: HashMap<&str, &pb::Allocation> = set.iter().map(|a| (a.id.as_str(), a)).collect();
+    saved
+        .into_iter()
+        .map(|s| match by_id.get(s.alloc.id.as_str()) {
+            Some(latest)
+                if latest.desired_status == ALLOC_DESIRED_RUN
+                    && !client_terminal(&latest.client_status) =>
+            {
+                Recovery::Resume(Box::new((*latest).clone()), Box::new(s))
+            }
+            // Finished and the server agrees: nothing to do.
+            Some(latest) if s.finished() && client_terminal(&latest.client_status) => {
+                Recovery::Ignore(s.alloc.id)
+            }
+            None if s.finished() => Recovery::Ignore(s.alloc.id),
+            // To stop, or finished while the server still thinks it runs (its final status
+            // is reported again).
+            _ => Recovery::Stop(Box::new(s)),
+        })
+        .collect()
+}
+
 /// What the HTTP endpoint may know about a live allocation.
 #[derive(Debug, Clone)]
 pub struct LiveAlloc {
     pub tasks: Vec<String>,
     /// Turns true when every task has ended for good.
     pub done: watch::Receiver<bool>,
+    /// Per task: restart and signal requests.
+    pub controls: BTreeMap<String, TaskControl>,
 }
 
 /// Allocations this agent runs, shared with the HTTP endpoint.
@@ -135,17 +179,96 @@ pub struct Manager {
     forgotten: HashSet<String>,
     reported: HashSet<String>,
     registry: Registry,
+    /// Allocations saved by an earlier agent, taken up with the first set.
+    restored: Option<Vec<SavedAlloc>>,
 }
 
 impl Manager {
-    pub fn new(ctx: Arc<RunnerContext>, registry: Registry) -> Self {
+    /// A manager that takes up `restored` (from [`crate::state::load_all`]) when the first
+    /// set arrives.
+    pub fn new(ctx: Arc<RunnerContext>, registry: Registry, restored: Vec<SavedAlloc>) -> Self {
         Self {
             ctx,
             runners: HashMap::new(),
             forgotten: HashSet::new(),
             reported: HashSet::new(),
             registry,
+            restored: Some(restored),
         }
+    }
+
+    fn spawn(&mut self, alloc: pb::Allocation, restored: Option<SavedAlloc>) -> &AllocHandle {
+        let id = alloc.id.clone();
+        let tasks = alloc.tasks.iter().map(|t| t.name.clone()).collect();
+        let handle = AllocHandle::spawn(self.ctx.clone(), alloc, restored);
+        self.registry.insert(
+            id.clone(),
+            LiveAlloc {
+                tasks,
+                done: handle.done_receiver(),
+                controls: handle.controls().clone(),
+            },
+        );
+        self.forgotten.remove(&id);
+        match self.runners.entry(id) {
+            // Never happens (an allocation starts once); replacing stops the old runner.
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.insert(handle);
+                e.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(handle),
+        }
+    }
+
+    /// Takes up the saved allocations, then has every driver reap what nobody owns.
+    fn recover(&mut self, saved: Vec<SavedAlloc>, set: &pb::AllocationSet) {
+        for step in recovery_plan(saved, &set.allocations) {
+            match step {
+                Recovery::Resume(latest, saved) => {
+                    tracing::info!(alloc_id = %latest.id, "re-attaching to a saved allocation");
+                    self.spawn(*latest, Some(*saved));
+                }
+                Recovery::Stop(saved) => {
+                    tracing::info!(alloc_id = %saved.alloc.id, "saved allocation is no longer wanted, stopping its tasks");
+                    let alloc = saved.alloc.clone();
+                    self.spawn(alloc, Some(*saved)).stop();
+                }
+                Recovery::Ignore(id) => {
+                    self.forgotten.insert(id);
+                }
+            }
+        }
+        // Owned: what the server wants here, and what is still being stopped.
+        let mut owned: BTreeSet<String> = set
+            .allocations
+            .iter()
+            .filter(|a| a.desired_status == ALLOC_DESIRED_RUN && !client_terminal(&a.client_status))
+            .map(|a| a.id.clone())
+            .collect();
+        owned.extend(
+            self.runners
+                .iter()
+                .filter(|(_, h)| !h.is_done())
+                .map(|(id, _)| id.clone()),
+        );
+        let drivers = self.ctx.drivers.clone();
+        tokio::spawn(async move {
+            for driver in drivers.iter() {
+                match driver.reap_unowned(&owned).await {
+                    Ok(reaped) if reaped.is_empty() => {}
+                    Ok(reaped) => {
+                        tracing::info!(driver = driver.name(), reaped = ?reaped, "removed tasks no allocation owns");
+                    }
+                    // A driver this node cannot use has nothing to reap.
+                    Err(err @ flotilla_drivers::DriverError::Unavailable { .. }) => {
+                        tracing::debug!(driver = driver.name(), error = %err, "not reaping: driver unavailable");
+                    }
+                    Err(err) => {
+                        tracing::warn!(driver = driver.name(), error = %err, "reaping unowned tasks failed");
+                    }
+                }
+            }
+        });
     }
 
     fn known(&self) -> HashMap<String, Phase> {
@@ -167,20 +290,13 @@ impl Manager {
 
     /// Applies the server's latest full set.
     pub fn reconcile(&mut self, set: &pb::AllocationSet) {
+        if let Some(saved) = self.restored.take() {
+            self.recover(saved, set);
+        }
         for action in plan(&set.allocations, &self.known(), &self.reported) {
             match action {
                 Action::Start(alloc) => {
-                    let id = alloc.id.clone();
-                    let tasks = alloc.tasks.iter().map(|t| t.name.clone()).collect();
-                    let handle = AllocHandle::spawn(self.ctx.clone(), *alloc);
-                    self.registry.insert(
-                        id.clone(),
-                        LiveAlloc {
-                            tasks,
-                            done: handle.done_receiver(),
-                        },
-                    );
-                    self.runners.insert(id, handle);
+                    self.spawn(*alloc, None);
                 }
                 Action::Stop(id) => {
                     if let Some(h) = self.runners.get(&id) {
@@ -210,6 +326,17 @@ impl Manager {
     pub async fn stop_all(&mut self) {
         for h in self.runners.values() {
             h.stop();
+        }
+        for h in self.runners.values() {
+            h.wait().await;
+        }
+    }
+
+    /// Lets go of every allocation, leaving its tasks running (their state is saved), and
+    /// waits until every runner has returned.
+    pub async fn detach_all(&mut self) {
+        for h in self.runners.values() {
+            h.detach();
         }
         for h in self.runners.values() {
             h.wait().await;
@@ -289,6 +416,81 @@ mod tests {
             ids(&plan(&set, &known, &HashSet::new())),
             ["stop a", "stop b", "stop c", "forget d"]
         );
+    }
+
+    fn saved(id: &str, running: bool) -> SavedAlloc {
+        use crate::state::SavedTask;
+        SavedAlloc {
+            alloc: pb::Allocation {
+                id: id.into(),
+                tasks: vec![pb::Task {
+                    name: "t".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            tasks: BTreeMap::from([(
+                "t".to_string(),
+                SavedTask {
+                    state: pb::TaskState {
+                        state: if running { "running" } else { "dead" }.into(),
+                        ..Default::default()
+                    },
+                    handle: running.then(|| flotilla_drivers::RecoverState {
+                        driver: "raw_exec".into(),
+                        id: "pid:1".into(),
+                        pid: Some(1),
+                        started_at_unix_nanos: 0,
+                        extra: BTreeMap::new(),
+                    }),
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn recovery_resumes_wanted_and_stops_the_rest() {
+        let set = vec![
+            alloc("wanted", "run", "running"),
+            alloc("to-stop", "stop", "running"),
+            alloc("done-agreed", "run", "complete"),
+            alloc("done-unreported", "run", "running"),
+        ];
+        let plan = recovery_plan(
+            vec![
+                saved("wanted", true),
+                saved("to-stop", true),
+                saved("gone", true),
+                saved("gone-finished", false),
+                saved("done-agreed", false),
+                saved("done-unreported", false),
+            ],
+            &set,
+        );
+        let got: Vec<String> = plan
+            .iter()
+            .map(|r| match r {
+                Recovery::Resume(a, _) => format!("resume {}", a.id),
+                Recovery::Stop(s) => format!("stop {}", s.alloc.id),
+                Recovery::Ignore(id) => format!("ignore {id}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "resume wanted",
+                "stop to-stop",
+                "stop gone",
+                "ignore gone-finished",
+                "ignore done-agreed",
+                // Its final status may not have reached the server: report it again.
+                "resume done-unreported",
+            ]
+        );
+        // The server's version of a wanted allocation is the one resumed.
+        if let Recovery::Resume(a, _) = &plan[0] {
+            assert_eq!(a.desired_status, "run");
+        }
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! Service checks: `http` (GET expecting 2xx) and `tcp` (connect), each on its own interval.
-//! A check loop reports only when its result flips (or on its first result).
+//! Service checks: `http` (GET expecting 2xx; 429 is a warning, as in Consul), `tcp`
+//! (connect) and `grpc` (the standard `grpc.health.v1.Health/Check`, `SERVING` passes), each on
+//! its own interval. A check loop reports only when its result flips (or on its first result),
+//! except for checks with `check_restart`, which report every result so that consecutive
+//! failures can be counted ([`CheckRestartWatch`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,7 +19,28 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckResult {
     pub passing: bool,
+    /// Not passing, but only a warning (HTTP 429); `check_restart { ignore_warnings }` does
+    /// not count warnings as failures.
+    pub warning: bool,
     pub output: String,
+}
+
+impl CheckResult {
+    fn pass(output: String) -> Self {
+        Self {
+            passing: true,
+            warning: false,
+            output,
+        }
+    }
+
+    fn fail(output: String) -> Self {
+        Self {
+            passing: false,
+            warning: false,
+            output,
+        }
+    }
 }
 
 /// A result of check `check` of service `service` (indexes into the allocation's lists).
@@ -76,18 +100,11 @@ pub async fn run_once(
     match check.r#type.to_ascii_lowercase().as_str() {
         "tcp" => {
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target)).await {
-                Ok(Ok(_)) => CheckResult {
-                    passing: true,
-                    output: format!("TCP connect {target}: Success"),
-                },
-                Ok(Err(e)) => CheckResult {
-                    passing: false,
-                    output: format!("TCP connect {target}: {e}"),
-                },
-                Err(_) => CheckResult {
-                    passing: false,
-                    output: format!("TCP connect {target}: timed out after {timeout:?}"),
-                },
+                Ok(Ok(_)) => CheckResult::pass(format!("TCP connect {target}: Success")),
+                Ok(Err(e)) => CheckResult::fail(format!("TCP connect {target}: {e}")),
+                Err(_) => {
+                    CheckResult::fail(format!("TCP connect {target}: timed out after {timeout:?}"))
+                }
             }
         }
         "http" => {
@@ -105,10 +122,10 @@ pub async fn run_once(
                 match reqwest::Method::from_bytes(check.method.to_ascii_uppercase().as_bytes()) {
                     Ok(m) => m,
                     Err(_) => {
-                        return CheckResult {
-                            passing: false,
-                            output: format!("invalid HTTP method {:?}", check.method),
-                        };
+                        return CheckResult::fail(format!(
+                            "invalid HTTP method {:?}",
+                            check.method
+                        ));
                     }
                 }
             };
@@ -118,28 +135,116 @@ pub async fn run_once(
                 .send()
                 .await
             {
-                Ok(resp) if resp.status().is_success() => CheckResult {
-                    passing: true,
-                    output: format!("HTTP {method} {url}: {}", resp.status()),
-                },
+                Ok(resp) if resp.status().is_success() => {
+                    CheckResult::pass(format!("HTTP {method} {url}: {}", resp.status()))
+                }
                 Ok(resp) => CheckResult {
                     passing: false,
+                    warning: resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS,
                     output: format!("HTTP {method} {url}: {}", resp.status()),
                 },
-                Err(e) => CheckResult {
-                    passing: false,
-                    output: format!("HTTP {method} {url}: {e}"),
-                },
+                Err(e) => CheckResult::fail(format!("HTTP {method} {url}: {e}")),
             }
         }
-        other => CheckResult {
-            passing: false,
-            output: format!("check type {other:?} is not supported (expected http or tcp)"),
-        },
+        "grpc" => grpc_check(check, target, timeout).await,
+        other => CheckResult::fail(format!(
+            "check type {other:?} is not supported (expected http, tcp or grpc)"
+        )),
     }
 }
 
-/// Runs check `check_idx` of service `service_idx` for ever, sending flips to `updates`.
+/// `grpc.health.v1.Health/Check` for `check.grpc_service` ("" asks about the whole server).
+async fn grpc_check(check: &pb::Check, target: SocketAddr, timeout: Duration) -> CheckResult {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let what = if check.grpc_service.is_empty() {
+        format!("gRPC health {target}")
+    } else {
+        format!("gRPC health {target} service {:?}", check.grpc_service)
+    };
+    if check.grpc_use_tls {
+        return CheckResult::fail(format!(
+            "{what}: grpc_use_tls is not supported by this agent (plaintext gRPC only)"
+        ));
+    }
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{target}")) {
+        Ok(e) => e.connect_timeout(timeout).timeout(timeout),
+        Err(e) => return CheckResult::fail(format!("{what}: {e}")),
+    };
+    let call = async {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        let resp = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: check.grpc_service.clone(),
+            })
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        Ok::<_, String>(resp.into_inner().status())
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(ServingStatus::Serving)) => CheckResult::pass(format!("{what}: SERVING")),
+        Ok(Ok(status)) => CheckResult::fail(format!("{what}: {}", status.as_str_name())),
+        Ok(Err(e)) => CheckResult::fail(format!("{what}: {e}")),
+        Err(_) => CheckResult::fail(format!("{what}: timed out after {timeout:?}")),
+    }
+}
+
+/// Counts a `check_restart` check's consecutive failures (Nomad's check watcher): failures
+/// within `grace` of the task's start do not count; with `ignore_warnings` neither do
+/// warnings. Time is passed in.
+#[derive(Debug, Clone)]
+pub struct CheckRestartWatch {
+    limit: u32,
+    grace: Duration,
+    ignore_warnings: bool,
+    failures: u32,
+}
+
+impl CheckRestartWatch {
+    /// `None` when the check has no `check_restart` (limit 0).
+    pub fn from_check(check: &pb::Check) -> Option<Self> {
+        (check.check_restart_limit > 0).then(|| Self {
+            limit: check.check_restart_limit,
+            grace: Duration::from_millis(check.check_restart_grace_ms),
+            ignore_warnings: check.check_restart_ignore_warnings,
+            failures: 0,
+        })
+    }
+
+    /// A result `since_start` after the task (last) started; true when the task must be
+    /// restarted now (the count starts again).
+    pub fn observe(&mut self, result: &CheckResult, since_start: Option<Duration>) -> bool {
+        let healthy = result.passing || (result.warning && self.ignore_warnings);
+        if healthy {
+            self.failures = 0;
+            return false;
+        }
+        match since_start {
+            Some(elapsed) if elapsed >= self.grace => {}
+            // Not running, or still in its grace period.
+            _ => return false,
+        }
+        self.failures += 1;
+        if self.failures >= self.limit {
+            self.failures = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Forgets the failures counted so far (the task restarted).
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Runs check `check_idx` of service `service_idx` for ever, sending flips (or, with
+/// `check_restart`, every result) to `updates`.
 pub async fn run_loop(
     http: reqwest::Client,
     alloc: pb::Allocation,
@@ -155,6 +260,7 @@ pub async fn run_loop(
         return;
     };
     let interval = non_zero(check.interval_ms, DEFAULT_INTERVAL);
+    let every_result = check.check_restart_limit > 0;
     let mut last: Option<bool> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,13 +268,13 @@ pub async fn run_loop(
         ticker.tick().await;
         let result = match check_target(&alloc, service, check, &address) {
             Ok(target) => run_once(&http, check, target).await,
-            Err(output) => CheckResult {
-                passing: false,
-                output,
-            },
+            Err(output) => CheckResult::fail(output),
         };
-        if last != Some(result.passing) {
+        let changed = last != Some(result.passing);
+        if changed {
             tracing::debug!(alloc_id = %alloc.id, service = %service.name, check = %check.name, passing = result.passing, output = %result.output, "check changed");
+        }
+        if changed || every_result {
             last = Some(result.passing);
             let update = CheckUpdate {
                 service: service_idx,
@@ -240,6 +346,46 @@ mod tests {
         };
         let err = check_target(&alloc(), &svc, &missing, "127.0.0.1").unwrap_err();
         assert!(err.contains("admin"), "{err}");
+    }
+
+    #[test]
+    fn check_restart_counts_consecutive_failures_after_the_grace() {
+        let check = pb::Check {
+            check_restart_limit: 2,
+            check_restart_grace_ms: 1_000,
+            check_restart_ignore_warnings: true,
+            ..Default::default()
+        };
+        assert!(CheckRestartWatch::from_check(&pb::Check::default()).is_none());
+        let mut w = CheckRestartWatch::from_check(&check).unwrap();
+        let fail = CheckResult::fail("refused".into());
+        let warn = CheckResult {
+            passing: false,
+            warning: true,
+            output: "429".into(),
+        };
+        let pass = CheckResult::pass("ok".into());
+        let early = Some(Duration::from_millis(500));
+        let late = Some(Duration::from_secs(2));
+        // Within the grace period, or while the task is not running: not counted.
+        assert!(!w.observe(&fail, early));
+        assert!(!w.observe(&fail, None));
+        assert!(!w.observe(&fail, late));
+        // A pass (or an ignored warning) resets the count.
+        assert!(!w.observe(&warn, late));
+        assert!(!w.observe(&fail, late));
+        assert!(!w.observe(&pass, late));
+        assert!(!w.observe(&fail, late));
+        assert!(w.observe(&fail, late), "second consecutive failure");
+        // Counting starts again after a restart.
+        assert!(!w.observe(&fail, late));
+        let strict = pb::Check {
+            check_restart_ignore_warnings: false,
+            ..check
+        };
+        let mut w = CheckRestartWatch::from_check(&strict).unwrap();
+        assert!(!w.observe(&warn, late));
+        assert!(w.observe(&warn, late), "warnings count unless ignored");
     }
 
     #[tokio::test]

@@ -31,6 +31,14 @@ pub struct AgentConfig {
     pub memory_mb: Option<u64>,
     /// Node meta, visible to constraints and to `${meta.<key>}`.
     pub meta: BTreeMap<String, String>,
+    /// Host volumes this node offers (Nomad's client `host_volume` blocks): name → absolute
+    /// path of an existing directory. Reported at registration; a group `volume` whose
+    /// `source` names one is mounted into its tasks.
+    pub host_volumes: BTreeMap<String, PathBuf>,
+    /// Stop every task when the agent shuts down. Off by default, as in Nomad: tasks keep
+    /// running and the next agent on the same data dir re-attaches to them. `flotilla dev`
+    /// and tests turn it on.
+    pub stop_tasks_on_shutdown: bool,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +55,8 @@ impl Default for AgentConfig {
             cpu_mhz: None,
             memory_mb: None,
             meta: BTreeMap::new(),
+            host_volumes: BTreeMap::new(),
+            stop_tasks_on_shutdown: false,
         }
     }
 }
@@ -79,6 +89,42 @@ impl AgentConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty".into()));
         }
+        for (name, path) in &self.host_volumes {
+            if name.trim().is_empty() {
+                return Err(invalid("host_volumes", "a volume name is empty".into()));
+            }
+            if !path.is_absolute() {
+                return Err(invalid(
+                    "host_volumes",
+                    format!(
+                        "volume {name:?}: expected an absolute path, got {:?}",
+                        path.display().to_string()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every host volume is an existing directory (touches the disk).
+    pub fn check_host_volumes(&self) -> Result<(), AgentError> {
+        for (name, path) in &self.host_volumes {
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(AgentError::Config {
+                        field: "host_volumes",
+                        message: format!("volume {name:?}: {} is not a directory", path.display()),
+                    });
+                }
+                Err(e) => {
+                    return Err(AgentError::Config {
+                        field: "host_volumes",
+                        message: format!("volume {name:?}: {}: {e}", path.display()),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -106,5 +152,34 @@ mod tests {
         };
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.starts_with("config server:"), "{err}");
+        let bad = AgentConfig {
+            host_volumes: BTreeMap::from([("data".to_string(), PathBuf::from("rel/dir"))]),
+            ..AgentConfig::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("host_volumes") && err.contains("rel/dir"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn host_volumes_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = AgentConfig {
+            host_volumes: BTreeMap::from([("data".to_string(), dir.path().to_path_buf())]),
+            ..AgentConfig::default()
+        };
+        ok.check_host_volumes().unwrap();
+        let missing = dir.path().join("missing");
+        let bad = AgentConfig {
+            host_volumes: BTreeMap::from([("data".to_string(), missing.clone())]),
+            ..AgentConfig::default()
+        };
+        let err = bad.check_host_volumes().unwrap_err().to_string();
+        assert!(
+            err.contains("\"data\"") && err.contains(&missing.display().to_string()),
+            "{err}"
+        );
     }
 }

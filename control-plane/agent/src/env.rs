@@ -72,6 +72,37 @@ impl TaskDirs {
     }
 }
 
+/// Where a task sees its directories: the host paths (process drivers) or Nomad's fixed paths
+/// inside a container (`/alloc`, `/local`, `/secrets`), where the container drivers mount them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirView {
+    pub alloc_dir: String,
+    pub task_dir: String,
+    pub secrets_dir: String,
+}
+
+impl DirView {
+    /// Nomad's paths inside a container.
+    pub fn container() -> Self {
+        Self {
+            alloc_dir: "/alloc".into(),
+            task_dir: "/local".into(),
+            secrets_dir: "/secrets".into(),
+        }
+    }
+}
+
+impl TaskDirs {
+    /// The directories as a process on the host sees them.
+    pub fn host_view(&self) -> DirView {
+        DirView {
+            alloc_dir: self.alloc_dir.display().to_string(),
+            task_dir: self.local_dir.display().to_string(),
+            secrets_dir: self.secrets_dir.display().to_string(),
+        }
+    }
+}
+
 /// `<data_dir>/allocs/<alloc_id>`.
 pub fn alloc_root(data_dir: &Path, alloc_id: &str) -> PathBuf {
     data_dir.join("allocs").join(alloc_id)
@@ -122,11 +153,12 @@ fn env_key(key: &str) -> String {
 
 /// The complete environment of `task`: the `NOMAD_*` variables, then the task's own `env`
 /// block with its values interpolated (the task's block wins over the generated variables).
+/// `dirs` says where the task sees its directories.
 pub fn task_env(
     alloc: &pb::Allocation,
     task: &pb::Task,
     node: &NodeContext,
-    dirs: &TaskDirs,
+    dirs: &DirView,
 ) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     let mut set = |k: &str, v: String| {
@@ -159,9 +191,9 @@ pub fn task_env(
     );
     set("NOMAD_DC", non_empty(&alloc.datacenter, &node.datacenter));
     set("NOMAD_REGION", non_empty(&alloc.region, "global"));
-    set("NOMAD_ALLOC_DIR", dirs.alloc_dir.display().to_string());
-    set("NOMAD_TASK_DIR", dirs.local_dir.display().to_string());
-    set("NOMAD_SECRETS_DIR", dirs.secrets_dir.display().to_string());
+    set("NOMAD_ALLOC_DIR", dirs.alloc_dir.clone());
+    set("NOMAD_TASK_DIR", dirs.task_dir.clone());
+    set("NOMAD_SECRETS_DIR", dirs.secrets_dir.clone());
     set("NOMAD_CPU_LIMIT", task.cpu_mhz.to_string());
     set("NOMAD_MEMORY_LIMIT", task.memory_mb.to_string());
 
@@ -399,7 +431,7 @@ mod tests {
     #[test]
     fn env_has_nomads_variables() {
         let dirs = TaskDirs::new(Path::new("/data"), "0123456789abcdef", "server");
-        let env = task_env(&alloc(), &task(), &node(), &dirs);
+        let env = task_env(&alloc(), &task(), &node(), &dirs.host_view());
         let get = |k: &str| env.get(k).map(String::as_str).unwrap_or("<missing>");
         assert_eq!(get("NOMAD_ALLOC_ID"), "0123456789abcdef");
         assert_eq!(get("NOMAD_SHORT_ALLOC_ID"), "01234567");
@@ -446,6 +478,12 @@ mod tests {
         // The task's env block is interpolated and wins.
         assert_eq!(get("LISTEN"), "10.0.0.5:23456");
         assert_eq!(get("NOMAD_DC"), "overridden");
+
+        // In a container the directories are where the driver mounts them.
+        let env = task_env(&alloc(), &task(), &node(), &DirView::container());
+        assert_eq!(env["NOMAD_ALLOC_DIR"], "/alloc");
+        assert_eq!(env["NOMAD_TASK_DIR"], "/local");
+        assert_eq!(env["NOMAD_SECRETS_DIR"], "/secrets");
     }
 
     #[test]

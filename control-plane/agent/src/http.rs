@@ -1,32 +1,34 @@
-//! The agent's HTTP endpoint: task logs, which the server proxies for `alloc logs`.
+//! The agent's HTTP endpoint (Nomad's client API paths; the server proxies them).
 //!
-//! `GET /v1/client/fs/logs/{alloc_id}?task=T&type=stdout|stderr&follow=true|false&origin=start|end&offset=N&plain=true`
-//! answers with the log bytes as plain text (`plain` is accepted for Nomad compatibility; the
-//! answer is always plain). With `follow=true` appended bytes keep streaming until the client
-//! disconnects, the allocation's tasks have all ended for good, or the agent shuts down.
+//! - `GET /v1/client/fs/logs/{alloc_id}?task=T&type=stdout|stderr&follow=true|false&origin=start|end&offset=N&plain=true`
+//!   answers with the log bytes as plain text, read across the task's rotated files in order
+//!   ([`crate::logs`]; `plain` is accepted for Nomad compatibility; the answer is always plain).
+//!   With `follow=true` appended bytes keep streaming until the client disconnects, the
+//!   allocation's tasks have all ended for good, or the agent shuts down.
+//! - `POST|PUT /v1/client/allocation/{alloc_id}/restart` with an optional body
+//!   `{"TaskName": "web"}` restarts that task (or every running task) in place: it is stopped
+//!   with its kill signal and started again at once, without counting against its restart
+//!   policy (task event `Restart Signaled`).
+//! - `POST|PUT /v1/client/allocation/{alloc_id}/signal` with `{"Task": "web", "Signal": "SIGHUP"}`
+//!   sends a signal to that task (or to every running task).
+//!
+//! Unknown allocations and tasks answer 404 naming them; a task that is not running, 409.
 
-use std::io::SeekFrom;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use bytes::Bytes;
+use axum::routing::{get, post};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use crate::allocs::Registry;
-use crate::env::{LogKind, alloc_root, log_path};
-
-/// How often a followed log is polled for new bytes.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
-/// Bytes read per chunk.
-const CHUNK: usize = 64 * 1024;
+use crate::env::{LogKind, alloc_root};
+use crate::logs::{LogFiles, LogReader, logs_dir};
+use crate::task::{RestartReason, TaskControl};
 
 #[derive(Clone)]
 struct AppState {
@@ -39,6 +41,14 @@ struct AppState {
 pub fn router(data_dir: PathBuf, registry: Registry, shutdown: watch::Receiver<bool>) -> Router {
     Router::new()
         .route("/v1/client/fs/logs/{alloc_id}", get(logs))
+        .route(
+            "/v1/client/allocation/{alloc_id}/restart",
+            post(restart).put(restart),
+        )
+        .route(
+            "/v1/client/allocation/{alloc_id}/signal",
+            post(signal).put(signal),
+        )
         .with_state(AppState {
             data_dir,
             registry,
@@ -79,15 +89,6 @@ fn parse_bool(field: &str, value: Option<&str>) -> Result<bool, String> {
         Some(v) => v
             .parse::<bool>()
             .map_err(|_| format!("{field}: expected true or false, got {v:?}")),
-    }
-}
-
-/// Where reading starts: `offset` bytes from the start, or back from the end.
-pub fn start_position(len: u64, from_end: bool, offset: u64) -> u64 {
-    if from_end {
-        len.saturating_sub(offset)
-    } else {
-        offset.min(len)
     }
 }
 
@@ -168,10 +169,10 @@ async fn logs(
             }
         },
     };
-    let path = log_path(&state.data_dir, &alloc_id, &task, kind);
+    let files = LogFiles::new(logs_dir(&state.data_dir, &alloc_id), &task, kind);
     let task_known = match &live {
         Some(l) => l.tasks.iter().any(|t| t == &task),
-        None => path.exists(),
+        None => files.exists().await,
     };
     if !task_known {
         return error(
@@ -180,124 +181,173 @@ async fn logs(
         );
     }
 
-    let len = tokio::fs::metadata(&path)
-        .await
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let reader = LogReader {
-        path,
-        file: None,
-        pos: start_position(len, from_end, offset),
+    // A log of an allocation that no longer runs here is read to its end only.
+    let reader = LogReader::open(
+        files,
+        from_end,
+        offset,
         follow,
-        // A log of an allocation that no longer runs here is read to its end only.
-        done: live.map(|l| l.done),
-        shutdown: state.shutdown.clone(),
-        draining: false,
-        finished: false,
-    };
-    let stream = futures::stream::unfold(reader, |mut r| async move {
-        r.next_chunk().await.map(|chunk| (chunk, r))
-    });
+        live.map(|l| l.done),
+        state.shutdown.clone(),
+    )
+    .await;
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(reader.into_stream()))
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-struct LogReader {
-    path: PathBuf,
-    file: Option<tokio::fs::File>,
-    pos: u64,
-    follow: bool,
-    done: Option<watch::Receiver<bool>>,
-    shutdown: watch::Receiver<bool>,
-    /// Not following (any more): read to the end, then stop.
-    draining: bool,
-    finished: bool,
+/// Body of a restart request (Nomad's `AllocRestartRequest`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct RestartBody {
+    task_name: String,
+    #[allow(dead_code)] // accepted for Nomad compatibility: every running task is restarted
+    all_tasks: bool,
 }
 
-impl LogReader {
-    fn live(&self) -> bool {
-        self.follow && !*self.shutdown.borrow() && self.done.as_ref().is_some_and(|d| !*d.borrow())
-    }
+/// Body of a signal request (Nomad's `AllocSignalRequest`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct SignalBody {
+    task: String,
+    signal: String,
+}
 
-    /// Reads what is there now; `Ok(None)` at the current end.
-    async fn read_some(&mut self) -> std::io::Result<Option<Bytes>> {
-        if self.file.is_none() {
-            match tokio::fs::File::open(&self.path).await {
-                Ok(mut f) => {
-                    f.seek(SeekFrom::Start(self.pos)).await?;
-                    self.file = Some(f);
-                }
-                // Not written yet (the task has not started): nothing to read for now.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
-            }
-        }
-        let Some(f) = self.file.as_mut() else {
-            return Ok(None);
-        };
-        let mut buf = vec![0u8; CHUNK];
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.truncate(n);
-        self.pos += n as u64;
-        Ok(Some(Bytes::from(buf)))
-    }
+/// A request that cannot be served: its status and the message for people.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
 
-    async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
-        if self.finished {
-            return None;
-        }
-        loop {
-            match self.read_some().await {
-                Ok(Some(bytes)) => return Some(Ok(bytes)),
-                Ok(None) => {}
-                Err(e) => {
-                    self.finished = true;
-                    return Some(Err(e));
-                }
-            }
-            if self.draining {
-                self.finished = true;
-                return None;
-            }
-            if !self.live() {
-                // Read on to the end once more: bytes written just before the task ended.
-                self.draining = true;
-                continue;
-            }
-            let mut shutdown = self.shutdown.clone();
-            let mut done = self.done.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(FOLLOW_POLL) => {}
-                _ = shutdown.wait_for(|s| *s) => {}
-                _ = async {
-                    match done.as_mut() {
-                        Some(d) => { let _ = d.wait_for(|d| *d).await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {}
-            }
-        }
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
     }
+}
+
+/// An optional JSON body: empty means the defaults.
+fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, Refusal> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+/// The controls of the tasks a request names (all when `task` is empty).
+fn targets(
+    registry: &Registry,
+    alloc_id: &str,
+    task: &str,
+) -> Result<Vec<(String, TaskControl)>, Refusal> {
+    let Some(live) = registry.get(alloc_id) else {
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!("unknown allocation {alloc_id:?} on this node"),
+        ));
+    };
+    let chosen: Vec<(String, TaskControl)> = if task.is_empty() {
+        live.controls
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect()
+    } else {
+        match live.controls.get(task) {
+            Some(c) => vec![(task.to_string(), c.clone())],
+            None => {
+                return Err(Refusal(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "allocation {alloc_id:?} has no task {task:?} (it has {})",
+                        live.tasks.join(", ")
+                    ),
+                ));
+            }
+        }
+    };
+    Ok(chosen)
+}
+
+/// Answers a command sent to `results`: 200 when any task took it, else 409 with the reasons.
+fn command_answer(
+    alloc_id: &str,
+    what: &str,
+    results: Vec<(String, Result<(), String>)>,
+) -> Response {
+    if results.iter().any(|(_, r)| r.is_ok()) {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+            .into_response();
+    }
+    let reasons: Vec<String> = results
+        .into_iter()
+        .map(|(task, r)| format!("{task}: {}", r.err().unwrap_or_default()))
+        .collect();
+    error(
+        StatusCode::CONFLICT,
+        format!(
+            "cannot {what} allocation {alloc_id:?}: {}",
+            if reasons.is_empty() {
+                "it has no tasks".to_string()
+            } else {
+                reasons.join("; ")
+            }
+        ),
+    )
+}
+
+async fn restart(
+    State(state): State<AppState>,
+    Path(alloc_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let req: RestartBody = match parse_body(&body) {
+        Ok(r) => r,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let chosen = match targets(&state.registry, &alloc_id, &req.task_name) {
+        Ok(t) => t,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let mut results = Vec::new();
+    for (name, control) in chosen {
+        let r = control.restart(RestartReason::User).await;
+        tracing::info!(alloc_id = %alloc_id, task = %name, ok = r.is_ok(), "restart requested");
+        results.push((name, r));
+    }
+    command_answer(&alloc_id, "restart", results)
+}
+
+async fn signal(
+    State(state): State<AppState>,
+    Path(alloc_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let req: SignalBody = match parse_body(&body) {
+        Ok(r) => r,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let sig = match flotilla_drivers::parse_signal(&req.signal) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("Signal: {e}")),
+    };
+    let chosen = match targets(&state.registry, &alloc_id, &req.task) {
+        Ok(t) => t,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let mut results = Vec::new();
+    for (name, control) in chosen {
+        results.push((name, control.signal(sig).await));
+    }
+    command_answer(&alloc_id, "signal", results)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn positions() {
-        assert_eq!(start_position(100, false, 0), 0);
-        assert_eq!(start_position(100, false, 30), 30);
-        assert_eq!(start_position(100, false, 300), 100);
-        assert_eq!(start_position(100, true, 30), 70);
-        assert_eq!(start_position(100, true, 300), 0);
-    }
 
     #[test]
     fn path_components() {

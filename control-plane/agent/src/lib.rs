@@ -8,28 +8,44 @@
 //! - [`client`]: registration with capped backoff, heartbeats at a third of the TTL,
 //!   re-registration when the server forgets the node;
 //! - [`watch`]: the `WatchAllocations` stream, reconnected on errors;
-//! - [`allocs`]: reconciles each full allocation set with the alloc runners (pure [`allocs::plan`]);
-//! - [`runner`]: one alloc runner per allocation and one task runner per task (directories and
-//!   environment from [`env`], drivers from `flotilla-drivers`, the [`restart`] policy), plus
-//!   the service [`checks`];
+//! - [`allocs`]: reconciles each full allocation set with the alloc runners (pure
+//!   [`allocs::plan`]), and after a restart takes up the allocations saved in the data dir
+//!   ([`allocs::recovery_plan`]) and has the drivers reap what nobody owns;
+//! - [`runner`]: one alloc runner per allocation: tasks in [`lifecycle`] order (prestart,
+//!   main, poststart, poststop; sidecars), the service [`checks`] (http, tcp, grpc) with
+//!   `check_restart`, the allocation's status, and its persisted [`state`];
+//! - [`task`]: one task runner per task: directories and environment from [`env`](mod@env),
+//!   [`artifacts`] (local sources), [`template`]s, the dispatch payload, host volume mounts,
+//!   drivers from `flotilla-drivers` (start, or re-attach with `Driver::recover`), the
+//!   [`restart`] policy, restart and signal commands;
 //! - [`report`]: coalesced `UpdateAllocations` with retries;
-//! - [`http`]: task logs for `alloc logs` (proxied by the server).
+//! - [`http`]: task logs for `alloc logs` across rotated files ([`logs`]), and in-place task
+//!   restarts and signals (all proxied by the server).
 //!
-//! On shutdown every task is stopped gracefully (kill signal, kill timeout, SIGKILL to its
-//! process group), final statuses are reported within a bounded time, and `run` returns.
+//! Tasks outlive the agent, as in Nomad: on shutdown the runners let go of them (their state
+//! is in `<data_dir>/allocs/<id>/state.json`) and the next agent on the same data dir
+//! re-attaches. With [`AgentConfig::stop_tasks_on_shutdown`] every task is instead stopped
+//! gracefully (kill signal, kill timeout, SIGKILL to its process group). Either way final
+//! statuses are reported within a bounded time, and `run` returns.
 
 #![forbid(unsafe_code)]
 
 pub mod allocs;
+pub mod artifacts;
 pub mod checks;
 pub mod client;
 pub mod config;
 pub mod env;
 pub mod http;
+pub mod lifecycle;
+pub mod logs;
 pub mod node;
 pub mod report;
 pub mod restart;
 pub mod runner;
+pub mod state;
+pub mod task;
+pub mod template;
 pub mod watch;
 
 use std::future::Future;
@@ -105,6 +121,7 @@ impl std::fmt::Debug for BoundAgent {
 /// caller learns the port before anything runs).
 pub async fn bind(cfg: AgentConfig) -> Result<BoundAgent, AgentError> {
     cfg.validate()?;
+    cfg.check_host_volumes()?;
     for dir in [cfg.data_dir.clone(), cfg.data_dir.join("allocs")] {
         std::fs::create_dir_all(&dir)
             .map_err(|source| AgentError::DataDir { path: dir, source })?;
@@ -120,13 +137,18 @@ pub async fn bind(cfg: AgentConfig) -> Result<BoundAgent, AgentError> {
         addr: cfg.http_addr,
         source,
     })?;
+    // Containers are labelled with the node so that agents sharing a Docker daemon only ever
+    // reap their own.
+    let drivers = Drivers::builtin().with(Arc::new(
+        flotilla_drivers::docker::DockerDriver::from_env().with_node_scope(node_id.clone()),
+    ));
     let http_client = checks::http_client().map_err(|e| AgentError::CheckClient(e.to_string()))?;
     Ok(BoundAgent {
         cfg,
         listener,
         http_addr,
         node_id,
-        drivers: Drivers::builtin(),
+        drivers,
         http_client,
     })
 }
@@ -142,8 +164,9 @@ impl BoundAgent {
         &self.node_id
     }
 
-    /// Runs the agent until `shutdown` resolves, then stops every task gracefully, reports the
-    /// final statuses (best effort, bounded) and returns.
+    /// Runs the agent until `shutdown` resolves, then lets go of every task (or, with
+    /// `stop_tasks_on_shutdown`, stops every task gracefully), reports the final statuses (best
+    /// effort, bounded) and returns.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -184,8 +207,16 @@ impl BoundAgent {
             drivers,
             reporter: reporter.clone(),
             http: http_client,
+            host_volumes: cfg.host_volumes.clone(),
         });
-        let mut manager = allocs::Manager::new(ctx, registry.clone());
+        let saved = state::load_all(&cfg.data_dir);
+        if !saved.is_empty() {
+            tracing::info!(
+                allocs = saved.len(),
+                "found saved allocations, re-attaching once the server sends the allocation set"
+            );
+        }
+        let mut manager = allocs::Manager::new(ctx, registry.clone(), saved);
 
         // HTTP endpoint.
         let app = http::router(cfg.data_dir.clone(), registry, shutdown_rx.clone());
@@ -236,10 +267,15 @@ impl BoundAgent {
             }
         }
 
-        tracing::info!(node_id = %node_id, "agent shutting down: stopping tasks");
         intake_tx.send_replace(true);
         let _ = watcher.await;
-        manager.stop_all().await;
+        if cfg.stop_tasks_on_shutdown {
+            tracing::info!(node_id = %node_id, "agent shutting down: stopping tasks");
+            manager.stop_all().await;
+        } else {
+            tracing::info!(node_id = %node_id, "agent shutting down: leaving tasks running");
+            manager.detach_all().await;
+        }
         shutdown_tx.send_replace(true);
         let _ = reporter_task.await;
         reporter.flush(&client, &node_id, FINAL_REPORT_WITHIN).await;

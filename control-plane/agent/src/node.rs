@@ -218,6 +218,11 @@ pub async fn describe(
         attributes: attrs.clone().into_iter().collect(),
         meta: cfg.meta.clone().into_iter().collect(),
         drivers: driver_list,
+        host_volumes: cfg
+            .host_volumes
+            .iter()
+            .map(|(name, path)| (name.clone(), path.display().to_string()))
+            .collect(),
     };
     let ctx = NodeContext {
         id: node_id.to_string(),

@@ -1,15 +1,21 @@
-//! The alloc runner and its task runners.
+//! The alloc runner: one per allocation.
 //!
-//! An [`AllocHandle`] owns one allocation: one task runner per task (directories, environment,
-//! interpolation, driver start, restart policy, graceful stop), one loop per service check,
-//! and the allocation's status, which it recomputes on every change and hands to the
-//! [`Reporter`] when it differs from what was last reported.
+//! An [`AllocHandle`] owns one allocation: one [task runner](crate::task) per task, started
+//! in [lifecycle](crate::lifecycle) order, one loop per service check (with `check_restart`
+//! watching), the allocation's status, which it recomputes on every change and hands to the
+//! [`Reporter`] when it differs from what was last reported, and its
+//! [persisted state](crate::state), rewritten on every task change so that a restarted agent
+//! can re-attach to the tasks.
+//!
+//! Stopping an allocation stops its tasks (main tasks, then sidecars, then runs the poststop
+//! tasks); detaching (agent shutdown without `stop_tasks_on_shutdown`) leaves them running.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flotilla_drivers::{Driver, Drivers, ExitResult, TaskSpec, parse_signal};
+use flotilla_drivers::Drivers;
 use flotilla_proto::agent::v1 as pb;
 use flotilla_types::{
     ALLOC_CLIENT_COMPLETE, ALLOC_CLIENT_FAILED, ALLOC_CLIENT_PENDING, ALLOC_CLIENT_RUNNING,
@@ -17,56 +23,75 @@ use flotilla_types::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::checks::{self, CheckResult, CheckUpdate};
-use crate::env::{NodeContext, TaskDirs, interpolate_json, task_env};
+use crate::checks::{self, CheckRestartWatch, CheckResult, CheckUpdate};
+use crate::env::NodeContext;
+use crate::lifecycle::{Hook, Lifecycle, Orchestrator, Step, StopCause};
 use crate::report::Reporter;
-use crate::restart::{Decision, JobKind, RestartPolicy, RestartTracker};
+use crate::state::{SavedAlloc, SavedTask};
+use crate::task::{RestartReason, TaskControl, TaskRunner, TaskUpdate};
 
 /// Task states (Nomad's names).
 pub const TASK_PENDING: &str = "pending";
 pub const TASK_RUNNING: &str = "running";
 pub const TASK_DEAD: &str = "dead";
 
-/// `kill_timeout` when the task gives none (Nomad's default).
-const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Events kept per task, newest last (Nomad keeps 10).
-const MAX_EVENTS: usize = 10;
-
 /// What every alloc runner shares.
 #[derive(Debug)]
 pub struct RunnerContext {
-    pub data_dir: std::path::PathBuf,
+    pub data_dir: PathBuf,
     pub node: NodeContext,
     pub drivers: Drivers,
     pub reporter: Reporter,
     pub http: reqwest::Client,
-}
-
-/// Why tasks are being stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum StopCause {
-    /// The server (or the agent shutting down) asked.
-    Requested,
-    /// Another task of the allocation failed for good.
-    SiblingFailed(String),
+    /// The node's host volumes: name → path.
+    pub host_volumes: BTreeMap<String, PathBuf>,
 }
 
 /// A running allocation.
 #[derive(Debug)]
 pub struct AllocHandle {
     stop: watch::Sender<bool>,
+    detach: watch::Sender<bool>,
     done: watch::Receiver<bool>,
+    controls: BTreeMap<String, TaskControl>,
 }
 
 impl AllocHandle {
-    /// Starts running `alloc`.
-    pub fn spawn(ctx: Arc<RunnerContext>, alloc: pb::Allocation) -> Self {
+    /// Starts running `alloc`. With `restored` (its state saved by an earlier agent), tasks
+    /// that were running are re-attached to, tasks that had ended stay ended, and the rest
+    /// start as usual.
+    pub fn spawn(
+        ctx: Arc<RunnerContext>,
+        alloc: pb::Allocation,
+        restored: Option<SavedAlloc>,
+    ) -> Self {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (detach_tx, detach_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
-        tokio::spawn(run_alloc(ctx, alloc, stop_rx, done_tx));
+        let mut controls = BTreeMap::new();
+        let mut receivers = BTreeMap::new();
+        for task in &alloc.tasks {
+            let (control, rx) = TaskControl::channel();
+            controls.insert(task.name.clone(), control);
+            receivers.insert(task.name.clone(), rx);
+        }
+        tokio::spawn(run_alloc(
+            ctx,
+            alloc,
+            restored,
+            Signals {
+                stop: stop_rx,
+                detach: detach_rx,
+                done: done_tx,
+            },
+            controls.clone(),
+            receivers,
+        ));
         Self {
             stop: stop_tx,
+            detach: detach_tx,
             done: done_rx,
+            controls,
         }
     }
 
@@ -75,7 +100,13 @@ impl AllocHandle {
         self.stop.send_replace(true);
     }
 
-    /// Every task has ended and the final status was handed to the reporter.
+    /// Lets go of the tasks without stopping them (the agent is shutting down and a later
+    /// agent re-attaches). Idempotent.
+    pub fn detach(&self) {
+        self.detach.send_replace(true);
+    }
+
+    /// Every task has ended (or been let go) and the final status was handed to the reporter.
     pub fn is_done(&self) -> bool {
         *self.done.borrow()
     }
@@ -85,12 +116,23 @@ impl AllocHandle {
         self.done.clone()
     }
 
+    /// Per task: where to send restart and signal requests.
+    pub fn controls(&self) -> &BTreeMap<String, TaskControl> {
+        &self.controls
+    }
+
     /// Waits until the allocation is done.
     pub async fn wait(&self) {
         let mut done = self.done.clone();
         // Err: the runner vanished (runtime shutting down), which also means done.
         let _ = done.wait_for(|d| *d).await;
     }
+}
+
+struct Signals {
+    stop: watch::Receiver<bool>,
+    detach: watch::Receiver<bool>,
+    done: watch::Sender<bool>,
 }
 
 /// The allocation's status as the runner sees it.
@@ -102,27 +144,54 @@ struct AllocState {
     last_reported: Option<pb::AllocationStatus>,
 }
 
+/// One task as the alloc runner drives it.
+struct TaskSlot {
+    gate: watch::Sender<bool>,
+    stop: watch::Sender<Option<StopCause>>,
+    /// When the runner last saw the task (re)start, for `check_restart`'s grace.
+    started: Option<Instant>,
+}
+
 async fn run_alloc(
     ctx: Arc<RunnerContext>,
     alloc: pb::Allocation,
-    mut stop_rx: watch::Receiver<bool>,
-    done_tx: watch::Sender<bool>,
+    restored: Option<SavedAlloc>,
+    mut signals: Signals,
+    controls: BTreeMap<String, TaskControl>,
+    mut receivers: BTreeMap<String, mpsc::UnboundedReceiver<crate::task::TaskCommand>>,
 ) {
     let alloc = Arc::new(alloc);
-    tracing::info!(alloc_id = %alloc.id, name = %alloc.name, tasks = alloc.tasks.len(), "starting allocation");
-    let mut state = AllocState {
+    let restored_tasks = restored.map(|r| r.tasks).unwrap_or_default();
+    tracing::info!(
+        alloc_id = %alloc.id,
+        name = %alloc.name,
+        tasks = alloc.tasks.len(),
+        restored = !restored_tasks.is_empty(),
+        "starting allocation"
+    );
+    let mut saved = SavedAlloc {
+        alloc: (*alloc).clone(),
         tasks: alloc
             .tasks
             .iter()
             .map(|t| {
-                (
-                    t.name.clone(),
-                    pb::TaskState {
+                let prior = restored_tasks.get(&t.name).cloned();
+                let task = prior.unwrap_or_else(|| SavedTask {
+                    state: pb::TaskState {
                         state: TASK_PENDING.into(),
                         ..Default::default()
                     },
-                )
+                    handle: None,
+                });
+                (t.name.clone(), task)
             })
+            .collect(),
+    };
+    let mut state = AllocState {
+        tasks: saved
+            .tasks
+            .iter()
+            .map(|(n, t)| (n.clone(), t.state.clone()))
             .collect(),
         checks: alloc
             .services
@@ -131,31 +200,75 @@ async fn run_alloc(
             .collect(),
         last_reported: None,
     };
-    report_if_changed(&ctx.reporter, &alloc, &mut state);
+    let mut orchestrator = Orchestrator::new(
+        alloc
+            .tasks
+            .iter()
+            .map(|t| (t.name.clone(), Lifecycle::of(t)))
+            .collect(),
+    );
+    let lifecycles = orchestrator.lifecycles();
+    persist(&ctx, &saved).await;
+    report_if_changed(&ctx.reporter, &alloc, &lifecycles, &mut state);
 
-    let (task_tx, mut task_rx) = mpsc::unbounded_channel::<(String, pb::TaskState)>();
+    let (task_tx, mut task_rx) = mpsc::unbounded_channel::<TaskUpdate>();
     let (check_tx, mut check_rx) = mpsc::unbounded_channel::<CheckUpdate>();
-    let (task_stop_tx, task_stop_rx) = watch::channel::<Option<StopCause>>(None);
 
+    let mut slots: BTreeMap<String, TaskSlot> = BTreeMap::new();
     let mut tasks = JoinSet::new();
     for task in &alloc.tasks {
+        let (gate_tx, gate_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel::<Option<StopCause>>(None);
+        let prior = saved.tasks.get(&task.name).cloned();
+        let (task_state, handle) = match prior {
+            Some(p) => (p.state, p.handle),
+            None => (pb::TaskState::default(), None),
+        };
+        let running_since = handle.as_ref().map(|_| Instant::now());
+        slots.insert(
+            task.name.clone(),
+            TaskSlot {
+                gate: gate_tx,
+                stop: stop_tx,
+                started: running_since,
+            },
+        );
+        let Some(commands) = receivers.remove(&task.name) else {
+            continue;
+        };
+        if handle.is_none() && task_state.state == TASK_DEAD {
+            // It ended for good before the agent restarted: nothing to run.
+            continue;
+        }
         let runner = TaskRunner {
             ctx: ctx.clone(),
             alloc: alloc.clone(),
             task: task.clone(),
-            state: pb::TaskState {
-                state: TASK_PENDING.into(),
-                ..Default::default()
-            },
+            lifecycle: lifecycles
+                .get(&task.name)
+                .copied()
+                .unwrap_or(Lifecycle::MAIN),
+            state: task_state,
+            recover: handle,
             updates: task_tx.clone(),
-            stop: task_stop_rx.clone(),
+            stop: stop_rx,
+            gate: gate_rx,
+            commands,
         };
         tasks.spawn(runner.run());
     }
     drop(task_tx);
 
     let mut check_loops = JoinSet::new();
+    let mut watchers: Vec<Vec<Option<CheckRestartWatch>>> = Vec::new();
     for (si, service) in alloc.services.iter().enumerate() {
+        watchers.push(
+            service
+                .checks
+                .iter()
+                .map(CheckRestartWatch::from_check)
+                .collect(),
+        );
         for ci in 0..service.checks.len() {
             check_loops.spawn(checks::run_loop(
                 ctx.http.clone(),
@@ -170,28 +283,37 @@ async fn run_alloc(
     drop(check_tx);
 
     let mut stopping = false;
+    let mut detaching = false;
+    // The handle was dropped without detaching: only `stop` matters then.
+    let mut detach_gone = false;
+    apply(orchestrator.advance(&state.tasks, stopping), &slots);
     while !tasks.is_empty() {
         tokio::select! {
-            Some((name, ts)) = task_rx.recv() => {
-                let failed = ts.state == TASK_DEAD && ts.failed;
-                state.tasks.insert(name.clone(), ts);
-                if failed && task_stop_tx.borrow().is_none() {
-                    tracing::warn!(alloc_id = %alloc.id, task = %name, "task failed, stopping the other tasks");
-                    task_stop_tx.send_replace(Some(StopCause::SiblingFailed(name)));
-                }
+            Some(update) = task_rx.recv() => {
+                record(&mut state, &mut saved, &mut slots, &alloc, &mut watchers, update);
+                persist(&ctx, &saved).await;
             }
             Some(update) = check_rx.recv() => {
+                check_restart(&alloc, &lifecycles, &slots, &controls, &mut watchers, &update);
                 if let Some(slot) = state.checks.get_mut(update.service).and_then(|s| s.get_mut(update.check)) {
                     *slot = Some(update.result);
                 }
             }
-            changed = stop_rx.changed(), if !stopping => {
+            changed = signals.stop.changed(), if !stopping => {
                 // Err: the handle was dropped, which also means stop.
-                if changed.is_err() || *stop_rx.borrow() {
+                if changed.is_err() || *signals.stop.borrow() {
                     stopping = true;
                     tracing::info!(alloc_id = %alloc.id, "stopping allocation");
-                    if task_stop_tx.borrow().is_none() {
-                        task_stop_tx.send_replace(Some(StopCause::Requested));
+                }
+            }
+            changed = signals.detach.changed(), if !detaching && !detach_gone => {
+                if changed.is_err() {
+                    detach_gone = true;
+                } else if *signals.detach.borrow() {
+                    detaching = true;
+                    tracing::info!(alloc_id = %alloc.id, "leaving the allocation's tasks running");
+                    for slot in slots.values() {
+                        slot.stop.send_replace(Some(StopCause::Detach));
                     }
                 }
             }
@@ -201,24 +323,172 @@ async fn run_alloc(
                 }
             }
         }
-        report_if_changed(&ctx.reporter, &alloc, &mut state);
+        if !detaching {
+            apply(orchestrator.advance(&state.tasks, stopping), &slots);
+            report_if_changed(&ctx.reporter, &alloc, &lifecycles, &mut state);
+        }
     }
     // Every task runner has returned; take their last words.
-    while let Ok((name, ts)) = task_rx.try_recv() {
-        state.tasks.insert(name, ts);
+    while let Ok(update) = task_rx.try_recv() {
+        record(
+            &mut state,
+            &mut saved,
+            &mut slots,
+            &alloc,
+            &mut watchers,
+            update,
+        );
     }
     check_loops.abort_all();
-    report_if_changed(&ctx.reporter, &alloc, &mut state);
-    tracing::info!(
-        alloc_id = %alloc.id,
-        status = state.last_reported.as_ref().map(|s| s.client_status.as_str()).unwrap_or(""),
-        "allocation finished"
-    );
-    done_tx.send_replace(true);
+    persist(&ctx, &saved).await;
+    if detaching {
+        tracing::info!(alloc_id = %alloc.id, "allocation detached");
+    } else {
+        report_if_changed(&ctx.reporter, &alloc, &lifecycles, &mut state);
+        tracing::info!(
+            alloc_id = %alloc.id,
+            status = state.last_reported.as_ref().map(|s| s.client_status.as_str()).unwrap_or(""),
+            "allocation finished"
+        );
+    }
+    signals.done.send_replace(true);
 }
 
-fn report_if_changed(reporter: &Reporter, alloc: &pb::Allocation, state: &mut AllocState) {
-    let status = alloc_status(alloc, &state.tasks, &state.checks);
+/// Takes a task runner's news into the status and the persisted state.
+fn record(
+    state: &mut AllocState,
+    saved: &mut SavedAlloc,
+    slots: &mut BTreeMap<String, TaskSlot>,
+    alloc: &pb::Allocation,
+    watchers: &mut [Vec<Option<CheckRestartWatch>>],
+    update: TaskUpdate,
+) {
+    let TaskUpdate {
+        name,
+        state: ts,
+        handle,
+    } = update;
+    if let Some(slot) = slots.get_mut(&name) {
+        let previous = state.tasks.get(&name);
+        let restarted = ts.state == TASK_RUNNING
+            && previous.is_none_or(|p| p.state != TASK_RUNNING || p.started_at != ts.started_at);
+        if restarted {
+            slot.started = Some(Instant::now());
+            // Failures counted against the previous run do not carry over.
+            for (si, service) in alloc.services.iter().enumerate() {
+                if service.task.is_empty() || service.task == name {
+                    for w in watchers.get_mut(si).into_iter().flatten().flatten() {
+                        w.reset();
+                    }
+                }
+            }
+        } else if ts.state != TASK_RUNNING {
+            slot.started = None;
+        }
+    }
+    saved.tasks.insert(
+        name.clone(),
+        SavedTask {
+            state: ts.clone(),
+            handle,
+        },
+    );
+    state.tasks.insert(name, ts);
+}
+
+/// Feeds a check result to its `check_restart` watcher and restarts the service's task(s)
+/// when the watcher says so.
+fn check_restart(
+    alloc: &pb::Allocation,
+    lifecycles: &BTreeMap<String, Lifecycle>,
+    slots: &BTreeMap<String, TaskSlot>,
+    controls: &BTreeMap<String, TaskControl>,
+    watchers: &mut [Vec<Option<CheckRestartWatch>>],
+    update: &CheckUpdate,
+) {
+    let Some(watch) = watchers
+        .get_mut(update.service)
+        .and_then(|s| s.get_mut(update.check))
+        .and_then(Option::as_mut)
+    else {
+        return;
+    };
+    let Some(service) = alloc.services.get(update.service) else {
+        return;
+    };
+    // Group services restart the main tasks.
+    let targets: Vec<&str> = if service.task.is_empty() {
+        lifecycles
+            .iter()
+            .filter(|(_, lc)| lc.hook == Hook::Main)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    } else {
+        vec![service.task.as_str()]
+    };
+    // The grace period runs from the (last) start of the youngest target.
+    let since_start = targets
+        .iter()
+        .map(|t| slots.get(*t).and_then(|s| s.started).map(|i| i.elapsed()))
+        .try_fold(Duration::MAX, |acc, d| d.map(|d| acc.min(d)));
+    if !watch.observe(&update.result, since_start) {
+        return;
+    }
+    let check_name = service
+        .checks
+        .get(update.check)
+        .map(|c| c.name.as_str())
+        .unwrap_or("");
+    let why = format!(
+        "check {check_name:?} of service {:?} unhealthy: {}",
+        service.name, update.result.output
+    );
+    tracing::info!(alloc_id = %alloc.id, service = %service.name, check = %check_name, "check_restart limit reached, restarting");
+    for t in targets {
+        if let Some(control) = controls.get(t) {
+            control.request_restart(RestartReason::CheckUnhealthy(why.clone()));
+        }
+    }
+}
+
+/// Carries out the orchestrator's steps.
+fn apply(steps: Vec<Step>, slots: &BTreeMap<String, TaskSlot>) {
+    for step in steps {
+        match step {
+            Step::Open(name) => {
+                if let Some(slot) = slots.get(&name) {
+                    slot.gate.send_replace(true);
+                }
+            }
+            Step::Stop(name, cause) => {
+                if let Some(slot) = slots.get(&name) {
+                    slot.stop.send_if_modified(|current| {
+                        if current.is_none() {
+                            *current = Some(cause.clone());
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn persist(ctx: &RunnerContext, saved: &SavedAlloc) {
+    if let Err(err) = crate::state::save(&ctx.data_dir, saved).await {
+        tracing::warn!(alloc_id = %saved.alloc.id, error = %err, "cannot save the allocation's state; a restarted agent may not find its tasks");
+    }
+}
+
+fn report_if_changed(
+    reporter: &Reporter,
+    alloc: &pb::Allocation,
+    lifecycles: &BTreeMap<String, Lifecycle>,
+    state: &mut AllocState,
+) {
+    let status = alloc_status(alloc, lifecycles, &state.tasks, &state.checks);
     if state.last_reported.as_ref() != Some(&status) {
         tracing::debug!(alloc_id = %alloc.id, status = %status.client_status, "allocation status changed");
         reporter.update(status.clone());
@@ -227,36 +497,48 @@ fn report_if_changed(reporter: &Reporter, alloc: &pb::Allocation, state: &mut Al
 }
 
 /// The allocation's client status from its tasks: `failed` if any task failed for good,
-/// `complete` when all are dead, `running` once every task has started at least once, else
-/// `pending`.
-pub fn client_status(tasks: &BTreeMap<String, pb::TaskState>) -> (&'static str, &'static str) {
+/// `complete` when all are dead, `running` once every main task (every task when there are no
+/// main tasks) has started at least once, else `pending`. Hook tasks that have not run yet
+/// (poststart, poststop) do not hold the allocation in `pending`.
+pub fn client_status(
+    tasks: &BTreeMap<String, pb::TaskState>,
+    lifecycles: &BTreeMap<String, Lifecycle>,
+) -> (&'static str, &'static str) {
     if tasks.values().any(|t| t.failed) {
         return (ALLOC_CLIENT_FAILED, "Failed tasks");
     }
     if tasks.values().all(|t| t.state == TASK_DEAD) {
         return (ALLOC_CLIENT_COMPLETE, "All tasks have completed");
     }
-    if tasks.values().all(|t| !t.started_at.is_empty()) {
+    let is_main = |name: &str| lifecycles.get(name).is_none_or(|lc| lc.hook == Hook::Main);
+    let has_main = tasks.keys().any(|n| is_main(n));
+    if tasks
+        .iter()
+        .filter(|(n, _)| !has_main || is_main(n))
+        .all(|(_, t)| !t.started_at.is_empty())
+    {
         return (ALLOC_CLIENT_RUNNING, "Tasks are running");
     }
     (ALLOC_CLIENT_PENDING, "No tasks have started")
 }
 
-/// Health of each service: its task (or, for group services, every task) runs and every
-/// check passes.
+/// Health of each service: its task (or, for group services, every main task and sidecar)
+/// runs and every check passes.
 pub fn service_health(
     alloc: &pb::Allocation,
+    lifecycles: &BTreeMap<String, Lifecycle>,
     tasks: &BTreeMap<String, pb::TaskState>,
     check_results: &[Vec<Option<CheckResult>>],
 ) -> Vec<pb::ServiceHealth> {
     let running = |name: &str| tasks.get(name).is_some_and(|t| t.state == TASK_RUNNING);
+    let long_running = |name: &str| lifecycles.get(name).is_none_or(|lc| !lc.ephemeral());
     alloc
         .services
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let task_ok = if s.task.is_empty() {
-                !tasks.is_empty() && tasks.keys().all(|t| running(t))
+                !tasks.is_empty() && tasks.keys().filter(|t| long_running(t)).all(|t| running(t))
             } else {
                 running(&s.task)
             };
@@ -293,288 +575,38 @@ pub fn service_health(
 
 fn alloc_status(
     alloc: &pb::Allocation,
+    lifecycles: &BTreeMap<String, Lifecycle>,
     tasks: &BTreeMap<String, pb::TaskState>,
     check_results: &[Vec<Option<CheckResult>>],
 ) -> pb::AllocationStatus {
-    let (status, description) = client_status(tasks);
+    let (status, description) = client_status(tasks, lifecycles);
     pb::AllocationStatus {
         alloc_id: alloc.id.clone(),
         client_status: status.into(),
         client_description: description.into(),
         task_states: tasks.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        services: service_health(alloc, tasks, check_results),
+        services: service_health(alloc, lifecycles, tasks, check_results),
     }
 }
 
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     // Whole milliseconds read better than humantime's nanosecond precision.
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
-/// Runs one task: setup, start, wait, restart per policy, stop on request.
-struct TaskRunner {
-    ctx: Arc<RunnerContext>,
-    alloc: Arc<pb::Allocation>,
-    task: pb::Task,
-    state: pb::TaskState,
-    updates: mpsc::UnboundedSender<(String, pb::TaskState)>,
-    stop: watch::Receiver<Option<StopCause>>,
-}
-
-/// How one run of the task ended.
-enum RunEnd {
-    /// It ended by itself (or never started).
-    Exited { success: bool, recoverable: bool },
-    /// It was stopped on request.
-    Stopped,
-}
-
-impl TaskRunner {
-    fn event(&mut self, kind: &str, message: impl Into<String>) -> &mut pb::TaskEvent {
-        self.state.events.push(pb::TaskEvent {
-            r#type: kind.into(),
-            time_unix_nanos: now_nanos(),
-            message: message.into(),
-            exit_code: 0,
-            signal: 0,
-        });
-        if self.state.events.len() > MAX_EVENTS {
-            let extra = self.state.events.len() - MAX_EVENTS;
-            self.state.events.drain(..extra);
-        }
-        let last = self.state.events.len() - 1;
-        &mut self.state.events[last]
-    }
-
-    fn publish(&self) {
-        // The alloc runner outlives its task runners; a send error only happens if it is gone.
-        let _ = self
-            .updates
-            .send((self.task.name.clone(), self.state.clone()));
-    }
-
-    fn finish(&mut self, failed: bool) {
-        self.state.state = TASK_DEAD.into();
-        self.state.failed = failed;
-        self.state.finished_at = now_rfc3339();
-        self.publish();
-    }
-
-    fn stop_cause(&self) -> Option<StopCause> {
-        self.stop.borrow().clone()
-    }
-
-    async fn run(mut self) {
-        let alloc_id = self.alloc.id.clone();
-        let task_name = self.task.name.clone();
-        self.event("Received", "Task received by client");
-        self.publish();
-
-        // Setup: directories, environment, config, driver.
-        self.event("Task Setup", "Building Task Directory");
-        let dirs = TaskDirs::new(&self.ctx.data_dir, &alloc_id, &task_name);
-        if let Err(err) = dirs.create() {
-            self.event(
-                "Setup Failure",
-                format!(
-                    "creating task directories under {}: {err}",
-                    dirs.task_dir.display()
-                ),
-            );
-            self.finish(true);
-            return;
-        }
-        let env = task_env(&self.alloc, &self.task, &self.ctx.node, &dirs);
-        let config = match parse_config(&self.task.config_json) {
-            Ok(c) => interpolate_json(&c, &env, &self.ctx.node),
-            Err(msg) => return self.fail_setup(msg),
-        };
-        let kill_signal = match parse_signal(&self.task.kill_signal) {
-            Ok(s) => s,
-            Err(err) => return self.fail_setup(format!("kill_signal: {err}")),
-        };
-        let kill_timeout = if self.task.kill_timeout_ms == 0 {
-            DEFAULT_KILL_TIMEOUT
-        } else {
-            Duration::from_millis(self.task.kill_timeout_ms)
-        };
-        let Some(driver) = self.ctx.drivers.get(&self.task.driver) else {
-            let known: Vec<_> = self.ctx.drivers.iter().map(|d| d.name()).collect();
-            return self.fail_setup(format!(
-                "unknown driver {:?} (this node has {})",
-                self.task.driver,
-                known.join(", ")
-            ));
-        };
-        let spec = TaskSpec {
-            name: format!("{}/{}", alloc_id.get(..8).unwrap_or(&alloc_id), task_name),
-            config,
-            env,
-            task_dir: dirs.task_dir.clone(),
-            stdout_path: dirs.stdout.clone(),
-            stderr_path: dirs.stderr.clone(),
-        };
-        let mut tracker = RestartTracker::new(
-            RestartPolicy::from_proto(self.task.restart.as_ref()),
-            JobKind::from_job_type(&self.alloc.job_type),
-        );
-
-        loop {
-            if let Some(cause) = self.stop_cause() {
-                self.note_cause(&cause);
-                let message = if self.state.started_at.is_empty() {
-                    "Task killed before it started"
-                } else {
-                    "Task killed while waiting to restart"
-                };
-                self.event("Killed", message);
-                self.finish(false);
-                return;
-            }
-            match self
-                .run_once(driver.as_ref(), &spec, kill_signal, kill_timeout)
-                .await
-            {
-                RunEnd::Stopped => return,
-                RunEnd::Exited {
-                    success,
-                    recoverable,
-                } => match tracker.decide(Instant::now(), success, recoverable) {
-                    Decision::Restart { delay, reason } => {
-                        self.state.state = TASK_PENDING.into();
-                        self.state.restarts += 1;
-                        self.event(
-                            "Restarting",
-                            format!("Task restarting in {}: {reason}", human(delay)),
-                        );
-                        self.publish();
-                        tracing::info!(alloc_id = %alloc_id, task = %task_name, delay = ?delay, reason = %reason, "restarting task");
-                        let mut stop = self.stop.clone();
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = stop.wait_for(Option::is_some) => {}
-                        }
-                    }
-                    Decision::Stop { failed, reason } => {
-                        tracing::info!(alloc_id = %alloc_id, task = %task_name, failed, reason = %reason, "not restarting task");
-                        self.event("Not Restarting", reason);
-                        self.finish(failed);
-                        return;
-                    }
-                },
-            }
-        }
-    }
-
-    fn fail_setup(&mut self, message: String) {
-        tracing::warn!(alloc_id = %self.alloc.id, task = %self.task.name, error = %message, "task cannot start");
-        self.event("Driver Failure", message);
-        self.event("Not Restarting", "Error was unrecoverable");
-        self.finish(true);
-    }
-
-    fn note_cause(&mut self, cause: &StopCause) {
-        if let StopCause::SiblingFailed(sibling) = cause {
-            self.event(
-                "Sibling Task Failed",
-                format!("Task's sibling {sibling:?} failed"),
-            );
-        }
-    }
-
-    async fn run_once(
-        &mut self,
-        driver: &dyn Driver,
-        spec: &TaskSpec,
-        kill_signal: flotilla_drivers::Signal,
-        kill_timeout: Duration,
-    ) -> RunEnd {
-        let handle = match driver.start(spec.clone()).await {
-            Ok(h) => h,
-            Err(err) => {
-                tracing::warn!(alloc_id = %self.alloc.id, task = %self.task.name, error = %err, "driver failed to start the task");
-                self.event("Driver Failure", err.to_string());
-                self.publish();
-                return RunEnd::Exited {
-                    success: false,
-                    recoverable: err.is_recoverable(),
-                };
-            }
-        };
-        self.state.state = TASK_RUNNING.into();
-        self.state.started_at = now_rfc3339();
-        self.state.finished_at.clear();
-        self.event("Started", "Task started by client");
-        self.publish();
-        tracing::info!(alloc_id = %self.alloc.id, task = %self.task.name, handle = handle.id(), "task started");
-
-        let mut stop = self.stop.clone();
-        let outcome = tokio::select! {
-            exit = handle.wait() => Ok(exit),
-            cause = stop.wait_for(Option::is_some) => Err(cause.ok().and_then(|c| c.clone())),
-        };
-        match outcome {
-            Ok(exit) => {
-                self.terminated(&exit);
-                self.publish();
-                RunEnd::Exited {
-                    success: exit.successful(),
-                    recoverable: true,
-                }
-            }
-            Err(cause) => {
-                if let Some(cause) = cause {
-                    self.note_cause(&cause);
-                }
-                self.event(
-                    "Killing",
-                    format!(
-                        "Sent interrupt ({}). Waiting {} before force killing",
-                        kill_signal.as_str(),
-                        human(kill_timeout)
-                    ),
-                );
-                self.publish();
-                let exit = handle.stop(kill_signal, kill_timeout).await;
-                tracing::info!(alloc_id = %self.alloc.id, task = %self.task.name, exit = %exit, "task stopped");
-                let e = self.event("Killed", "Task successfully killed");
-                e.exit_code = exit.exit_code;
-                e.signal = exit.signal;
-                self.finish(false);
-                RunEnd::Stopped
-            }
-        }
-    }
-
-    fn terminated(&mut self, exit: &ExitResult) {
-        tracing::info!(alloc_id = %self.alloc.id, task = %self.task.name, exit = %exit, "task exited");
-        let message = match &exit.error {
-            Some(err) => format!("Exit Code: {}, {err}", exit.exit_code),
-            None if exit.signal != 0 => {
-                format!("Exit Code: {}, Signal: {}", exit.exit_code, exit.signal)
-            }
-            None => format!("Exit Code: {}", exit.exit_code),
-        };
-        let e = self.event("Terminated", message);
-        e.exit_code = exit.exit_code;
-        e.signal = exit.signal;
-        self.state.finished_at = now_rfc3339();
-    }
-}
-
 /// The task's `config` JSON; empty means an empty object.
-fn parse_config(text: &str) -> Result<serde_json::Value, String> {
+pub(crate) fn parse_config(text: &str) -> Result<serde_json::Value, String> {
     if text.trim().is_empty() {
         return Ok(serde_json::Value::Object(Default::default()));
     }
@@ -610,32 +642,59 @@ mod tests {
 
     #[test]
     fn client_status_follows_the_tasks() {
+        let none = BTreeMap::new();
         let pending = tasks(&[
             ("a", ts(TASK_RUNNING, true, false)),
             ("b", ts(TASK_PENDING, false, false)),
         ]);
-        assert_eq!(client_status(&pending).0, "pending");
+        assert_eq!(client_status(&pending, &none).0, "pending");
         let running = tasks(&[
             ("a", ts(TASK_RUNNING, true, false)),
             ("b", ts(TASK_RUNNING, true, false)),
         ]);
-        assert_eq!(client_status(&running).0, "running");
+        assert_eq!(client_status(&running, &none).0, "running");
         // A task waiting to restart keeps the allocation running.
         let restarting = tasks(&[
             ("a", ts(TASK_PENDING, true, false)),
             ("b", ts(TASK_RUNNING, true, false)),
         ]);
-        assert_eq!(client_status(&restarting).0, "running");
+        assert_eq!(client_status(&restarting, &none).0, "running");
         let complete = tasks(&[
             ("a", ts(TASK_DEAD, true, false)),
             ("b", ts(TASK_DEAD, false, false)),
         ]);
-        assert_eq!(client_status(&complete).0, "complete");
+        assert_eq!(client_status(&complete, &none).0, "complete");
         let failed = tasks(&[
             ("a", ts(TASK_DEAD, true, true)),
             ("b", ts(TASK_RUNNING, true, false)),
         ]);
-        assert_eq!(client_status(&failed).0, "failed");
+        assert_eq!(client_status(&failed, &none).0, "failed");
+
+        // Hook tasks: a completed prestart task and a poststop task that has not run yet do
+        // not keep the allocation pending.
+        let lifecycles = BTreeMap::from([
+            (
+                "init".to_string(),
+                Lifecycle::parse("prestart", false).unwrap(),
+            ),
+            ("main".to_string(), Lifecycle::MAIN),
+            (
+                "cleanup".to_string(),
+                Lifecycle::parse("poststop", false).unwrap(),
+            ),
+        ]);
+        let hooked = tasks(&[
+            ("init", ts(TASK_DEAD, true, false)),
+            ("main", ts(TASK_RUNNING, true, false)),
+            ("cleanup", ts(TASK_PENDING, false, false)),
+        ]);
+        assert_eq!(client_status(&hooked, &lifecycles).0, "running");
+        let before_main = tasks(&[
+            ("init", ts(TASK_RUNNING, true, false)),
+            ("main", ts(TASK_PENDING, false, false)),
+            ("cleanup", ts(TASK_PENDING, false, false)),
+        ]);
+        assert_eq!(client_status(&before_main, &lifecycles).0, "pending");
     }
 
     #[test]
@@ -661,22 +720,25 @@ mod tests {
         };
         let pass = Some(CheckResult {
             passing: true,
+            warning: false,
             output: "ok".into(),
         });
         let fail = Some(CheckResult {
             passing: false,
+            warning: false,
             output: "refused".into(),
         });
+        let lc = BTreeMap::new();
         let running = tasks(&[("server", ts(TASK_RUNNING, true, false))]);
         let dead = tasks(&[("server", ts(TASK_DEAD, true, false))]);
 
-        let h = service_health(&alloc, &running, &[vec![pass.clone()], vec![]]);
+        let h = service_health(&alloc, &lc, &running, &[vec![pass.clone()], vec![]]);
         assert!(h[0].healthy && h[1].healthy, "{h:?}");
-        let h = service_health(&alloc, &running, &[vec![fail], vec![]]);
+        let h = service_health(&alloc, &lc, &running, &[vec![fail], vec![]]);
         assert!(!h[0].healthy && h[0].output.contains("refused"), "{h:?}");
-        let h = service_health(&alloc, &running, &[vec![None], vec![]]);
+        let h = service_health(&alloc, &lc, &running, &[vec![None], vec![]]);
         assert!(!h[0].healthy, "a check that has not run yet is not passing");
-        let h = service_health(&alloc, &dead, &[vec![pass], vec![]]);
+        let h = service_health(&alloc, &lc, &dead, &[vec![pass], vec![]]);
         assert!(!h[0].healthy && !h[1].healthy, "{h:?}");
     }
 

@@ -10,14 +10,14 @@ use crate::ApiState;
 use crate::error::{ApiError, decode};
 use crate::reads::{BlockingQuery, block, with_index};
 
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or_default()
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
@@ -137,6 +137,34 @@ pub async fn register_at(
     register_job(&api, req.job, Some(id))
 }
 
+/// The job's ID must match the one in the URL path.
+pub(crate) fn check_path_id(job: &Job, path_id: &str) -> Result<(), ApiError> {
+    if job.id != path_id {
+        return Err(ApiError::bad_request(format!(
+            "Job.ID: \"{}\" does not match the job ID in the path, \"{path_id}\"",
+            job.id
+        )));
+    }
+    Ok(())
+}
+
+/// Canonicalize a submitted job and reject it (400, every error listed) if it is invalid.
+pub(crate) fn canonical_valid(job: &mut Job) -> Result<(), ApiError> {
+    job.canonicalize();
+    let errors: Vec<String> = flotilla_jobspec::validate(job)
+        .into_iter()
+        .filter(|d| d.severity == flotilla_jobspec::Severity::Error)
+        .map(|d| d.to_string())
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "job validation failed:\n{}",
+        errors.join("\n")
+    )))
+}
+
 /// The parts of a job that make it a new version when they change.
 fn spec_of(job: &Job) -> Job {
     Job {
@@ -158,26 +186,10 @@ fn register_job(
     if job.id.is_empty() {
         return Err(ApiError::bad_request("Job.ID: missing job ID"));
     }
-    if let Some(id) = path_id
-        && id != job.id
-    {
-        return Err(ApiError::bad_request(format!(
-            "Job.ID: \"{}\" does not match the job ID in the path, \"{id}\"",
-            job.id
-        )));
+    if let Some(id) = path_id {
+        check_path_id(&job, &id)?;
     }
-    job.canonicalize();
-    let errors: Vec<String> = flotilla_jobspec::validate(&job)
-        .into_iter()
-        .filter(|d| d.severity == flotilla_jobspec::Severity::Error)
-        .map(|d| d.to_string())
-        .collect();
-    if !errors.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "job validation failed:\n{}",
-            errors.join("\n")
-        )));
-    }
+    canonical_valid(&mut job)?;
     let state = api.store.snapshot();
     let existing = state.job(&job.namespace, &job.id);
     let now = now_nanos();

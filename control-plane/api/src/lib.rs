@@ -9,8 +9,11 @@
 //!
 //! Node-local reads (`/v1/client/fs/logs/…`) are forwarded to the agent of the allocation's node.
 
+mod allocs;
 mod error;
 mod jobs;
+mod nodes;
+mod plan;
 mod reads;
 
 use std::net::SocketAddr;
@@ -48,15 +51,41 @@ pub fn router(state: ApiState) -> Router {
                 .put(jobs::register_at)
                 .delete(jobs::deregister),
         )
+        .route("/v1/job/{id}/plan", post(plan::plan).put(plan::plan))
+        .route(
+            "/v1/job/{id}/dispatch",
+            post(plan::dispatch).put(plan::dispatch),
+        )
+        .route(
+            "/v1/job/{id}/periodic/force",
+            post(plan::periodic_force).put(plan::periodic_force),
+        )
         .route("/v1/job/{id}/allocations", get(reads::job_allocations))
         .route("/v1/job/{id}/evaluations", get(reads::job_evaluations))
         .route("/v1/allocations", get(reads::allocations))
         .route("/v1/allocation/{id}", get(reads::allocation))
+        .route(
+            "/v1/allocation/{id}/stop",
+            post(allocs::stop).put(allocs::stop),
+        )
+        .route(
+            "/v1/client/allocation/{id}/restart",
+            post(allocs::restart).put(allocs::restart),
+        )
         .route("/v1/nodes", get(reads::nodes))
         .route("/v1/node/{id}", get(reads::node))
         .route("/v1/node/{id}/allocations", get(reads::node_allocations))
+        .route("/v1/node/{id}/drain", post(nodes::drain).put(nodes::drain))
+        .route(
+            "/v1/node/{id}/eligibility",
+            post(nodes::eligibility).put(nodes::eligibility),
+        )
         .route("/v1/evaluations", get(reads::evaluations))
         .route("/v1/evaluation/{id}", get(reads::evaluation))
+        .route(
+            "/v1/evaluation/{id}/allocations",
+            get(reads::evaluation_allocations),
+        )
         .route("/v1/services", get(reads::services))
         .route("/v1/service/{name}", get(reads::service))
         .route("/v1/status/leader", get(reads::leader))

@@ -64,7 +64,7 @@ fn namespace(q: &NamespaceQuery) -> &str {
 }
 
 /// Find one record by exact id, or by a unique prefix as Nomad's CLI allows.
-fn by_id_or_prefix<'a, T>(
+pub(crate) fn by_id_or_prefix<'a, T>(
     map: &'a imbl::OrdMap<String, Arc<T>>,
     id: &str,
     what: &str,
@@ -201,6 +201,17 @@ pub async fn evaluation(
     Ok(with_index(state.index, Json(&**e)))
 }
 
+pub async fn evaluation_allocations(
+    State(api): State<ApiState>,
+    Path(id): Path<String>,
+    Query(b): Query<BlockingQuery>,
+) -> Result<Response, ApiError> {
+    let state = block(&api, &b).await;
+    let e = by_id_or_prefix(&state.evals, &id, "evaluation")?;
+    let allocs = alloc_stubs(state.allocs.values().filter(|a| a.eval_id == e.id));
+    Ok(with_index(state.index, Json(allocs)))
+}
+
 pub async fn services(State(api): State<ApiState>, Query(b): Query<BlockingQuery>) -> Response {
     let state = block(&api, &b).await;
     let mut by_ns: std::collections::BTreeMap<
@@ -247,14 +258,19 @@ pub async fn leader(State(api): State<ApiState>) -> Response {
     Json(api.rpc_addr.to_string()).into_response()
 }
 
-/// Forward a log read to the agent on the allocation's node.
-pub async fn logs(
-    State(api): State<ApiState>,
-    Path(alloc_id): Path<String>,
-    RawQuery(query): RawQuery,
+/// Forward a node-local call (logs, restarts) to the agent running allocation `alloc_id`:
+/// `path_after_alloc` follows `/v1/client/<kind>/<alloc id>`; the agent's answer (status and
+/// streamed body) is passed through.
+pub(crate) async fn forward_to_node(
+    api: &ApiState,
+    alloc_id: &str,
+    kind: &str,
+    suffix: &str,
+    query: Option<String>,
+    body: Option<bytes::Bytes>,
 ) -> Result<Response, ApiError> {
     let state = api.store.snapshot();
-    let alloc = by_id_or_prefix(&state.allocs, &alloc_id, "allocation")?;
+    let alloc = by_id_or_prefix(&state.allocs, alloc_id, "allocation")?;
     let node = state.node(&alloc.node_id).ok_or_else(|| {
         ApiError::not_found(format!(
             "node {} of allocation {} is unknown",
@@ -267,12 +283,23 @@ pub async fn logs(
             node.name
         )));
     }
-    let mut url = format!("http://{}/v1/client/fs/logs/{}", node.http_addr, alloc.id);
+    let mut url = format!(
+        "http://{}/v1/client/{kind}/{}{suffix}",
+        node.http_addr, alloc.id
+    );
     if let Some(q) = query {
         url.push('?');
         url.push_str(&q);
     }
-    let upstream = api.http.get(&url).send().await.map_err(|e| ApiError {
+    let request = match body {
+        Some(b) => api
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(b),
+        None => api.http.get(&url),
+    };
+    let upstream = request.send().await.map_err(|e| ApiError {
         status: axum::http::StatusCode::BAD_GATEWAY,
         message: format!(
             "node {} ({}) did not answer: {e}",
@@ -281,11 +308,21 @@ pub async fn logs(
     })?;
     let status = axum::http::StatusCode::from_u16(upstream.status().as_u16())
         .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+    let content_type = upstream
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain; charset=utf-8")
+        .to_string();
     let body = Body::from_stream(upstream.bytes_stream());
-    Ok((
-        status,
-        [("content-type", "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response())
+    Ok((status, [("content-type", content_type)], body).into_response())
+}
+
+/// Forward a log read to the agent on the allocation's node.
+pub async fn logs(
+    State(api): State<ApiState>,
+    Path(alloc_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    forward_to_node(&api, &alloc_id, "fs/logs", "", query, None).await
 }

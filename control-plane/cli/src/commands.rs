@@ -16,6 +16,8 @@ pub enum JobCmd {
     Run {
         /// The HCL jobspec.
         file: std::path::PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
         /// Return as soon as the job is submitted.
         #[arg(long)]
         detach: bool,
@@ -45,9 +47,53 @@ pub enum JobCmd {
     /// Check a jobspec without submitting it.
     Validate {
         file: std::path::PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
         #[arg(long)]
         json: bool,
     },
+    /// Show what submitting a jobspec would change: a diff against the running version and
+    /// the scheduler's dry run. Exit code 0: no changes; 1: changes; 255: error.
+    Plan {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the job as the server stores it (JSON).
+    Inspect { id: String },
+    /// Run an instance of a parameterized job.
+    Dispatch {
+        id: String,
+        /// A file whose content is the payload; `-` reads standard input.
+        payload: Option<std::path::PathBuf>,
+        /// Metadata for the dispatched job, KEY=VALUE; repeatable.
+        #[arg(long = "meta", value_parser = parse_kv)]
+        meta: Vec<(String, String)>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Periodic jobs.
+    #[command(subcommand)]
+    Periodic(PeriodicCmd),
+}
+
+/// `flotilla job periodic …`
+#[derive(Debug, Subcommand)]
+pub enum PeriodicCmd {
+    /// Launch a periodic job's child now.
+    Force {
+        id: String,
+        #[arg(long)]
+        detach: bool,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
 }
 
 /// `flotilla alloc …`
@@ -72,6 +118,25 @@ pub enum AllocCmd {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Restart an allocation's tasks in place (or one task).
+    Restart { alloc: String, task: Option<String> },
+    /// Stop an allocation; the scheduler places a replacement.
+    Stop {
+        alloc: String,
+        #[arg(long)]
+        detach: bool,
+    },
+}
+
+/// `flotilla eval …`
+#[derive(Debug, Subcommand)]
+pub enum EvalCmd {
+    /// Show an evaluation (id or unique prefix), with placement failures.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `flotilla node …`
@@ -82,6 +147,40 @@ pub enum NodeCmd {
         id: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Full ids, attributes and meta.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Move allocations off a node (-enable) or end a drain (-disable).
+    Drain {
+        node: String,
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        /// Time allowed before remaining allocations are stopped (e.g. 1h); -1s forces now.
+        #[arg(long, default_value = "1h", allow_hyphen_values = true)]
+        deadline: String,
+        /// Leave system jobs' allocations on the node.
+        #[arg(long)]
+        ignore_system: bool,
+        /// With -disable: leave the node ineligible.
+        #[arg(long)]
+        keep_ineligible: bool,
+        /// Do not wait for the drain to finish.
+        #[arg(long)]
+        detach: bool,
+        /// Do not ask for confirmation (the CLI never prompts; accepted for Nomad scripts).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Allow (-enable) or forbid (-disable) new placements on a node.
+    Eligibility {
+        node: String,
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
     },
 }
 
@@ -119,29 +218,46 @@ fn ago(nanos: i64) -> String {
     }
 }
 
-/// Parse a jobspec file, printing located diagnostics. `None` when it has errors.
-fn parse_file(path: &std::path::Path) -> anyhow::Result<Result<flotilla_jobspec::Parsed, String>> {
+/// `-var` and `-var-file` flags of the commands that read a jobspec.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct VarArgs {
+    /// Set a variable, NAME=VALUE; repeatable. `NOMAD_VAR_<name>` environment variables are read too.
+    #[arg(long = "var", value_parser = parse_kv)]
+    pub vars: Vec<(String, String)>,
+    /// Read variables from an HCL file (`name = value` lines); repeatable.
+    #[arg(long = "var-file")]
+    pub var_files: Vec<std::path::PathBuf>,
+}
+
+/// Parse a jobspec file. `Err(text)` holds the located diagnostics.
+fn parse_file(
+    path: &std::path::Path,
+    vars: &VarArgs,
+) -> anyhow::Result<Result<flotilla_jobspec::Parsed, String>> {
     let src =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let name = path.display().to_string();
-    Ok(flotilla_jobspec::parse(&src, &name).map_err(|e| e.to_string()))
+    // NOMAD_VAR_x from the environment first, so flags win.
+    let mut all: Vec<(String, String)> = std::env::vars()
+        .filter_map(|(k, v)| k.strip_prefix("NOMAD_VAR_").map(|n| (n.to_string(), v)))
+        .collect();
+    all.extend(vars.vars.iter().cloned());
+    let opts = flotilla_jobspec::ParseOptions {
+        vars: all,
+        var_files: vars.var_files.clone(),
+        base_dir: path.parent().map(|p| p.to_path_buf()),
+    };
+    Ok(flotilla_jobspec::parse_with(&src, &name, &opts).map_err(|e| e.to_string()))
 }
 
 pub async fn run_job(client: &Client, cmd: JobCmd) -> anyhow::Result<i32> {
     match cmd {
-        JobCmd::Validate { file, json } => {
-            let parsed = parse_file(&file)?;
+        JobCmd::Validate { file, vars, json } => {
+            let parsed = parse_file(&file, &vars)?;
             match parsed {
                 Ok(p) => {
-                    let mut job = p.job;
-                    job.canonicalize();
-                    let diags: Vec<_> = flotilla_jobspec::validate(&job);
-                    let warnings: Vec<String> = p
-                        .warnings
-                        .iter()
-                        .chain(diags.iter())
-                        .map(|d| d.to_string())
-                        .collect();
+                    // `parse` already ran the semantic validation; its warnings are located.
+                    let warnings: Vec<String> = p.warnings.iter().map(|d| d.to_string()).collect();
                     if json {
                         print_json(&serde_json::json!({"Valid": true, "Warnings": warnings}))?;
                     } else {
@@ -166,11 +282,12 @@ pub async fn run_job(client: &Client, cmd: JobCmd) -> anyhow::Result<i32> {
         }
         JobCmd::Run {
             file,
+            vars,
             detach,
             timeout,
             json,
         } => {
-            let parsed = parse_file(&file)?;
+            let parsed = parse_file(&file, &vars)?;
             let p = match parsed {
                 Ok(p) => p,
                 Err(errors) => {
@@ -204,6 +321,89 @@ pub async fn run_job(client: &Client, cmd: JobCmd) -> anyhow::Result<i32> {
                 &job.id,
                 &resp.eval_id,
                 timeout,
+            )
+            .await
+        }
+        JobCmd::Plan { file, vars, json } => match plan(client, &file, &vars, json).await {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                Ok(255)
+            }
+        },
+        JobCmd::Inspect { id } => {
+            let (job, _): (serde_json::Value, _) =
+                client.get(&format!("/v1/job/{id}"), None).await?;
+            print_json(&serde_json::json!({ "Job": job }))?;
+            Ok(0)
+        }
+        JobCmd::Dispatch {
+            id,
+            payload,
+            meta,
+            detach,
+        } => {
+            use base64::Engine as _;
+            let bytes = match payload {
+                None => Vec::new(),
+                Some(p) if p.as_os_str() == "-" => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                        .context("reading the payload from stdin")?;
+                    buf
+                }
+                Some(p) => {
+                    std::fs::read(&p).with_context(|| format!("reading payload {}", p.display()))?
+                }
+            };
+            let body = serde_json::json!({
+                "Payload": base64::engine::general_purpose::STANDARD.encode(&bytes),
+                "Meta": meta.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            });
+            let resp: serde_json::Value = client
+                .post(&format!("/v1/job/{id}/dispatch"), &body)
+                .await?;
+            let child = resp["DispatchedJobID"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let eval = resp["EvalID"].as_str().unwrap_or_default().to_string();
+            println!(
+                "Dispatched Job ID = {child}\nEvaluation ID     = {}",
+                short_id(&eval)
+            );
+            if detach {
+                return Ok(0);
+            }
+            monitor::run(
+                client,
+                DEFAULT_NAMESPACE,
+                &child,
+                &eval,
+                std::time::Duration::from_secs(300),
+            )
+            .await
+        }
+        JobCmd::Periodic(PeriodicCmd::Force { id, detach }) => {
+            let resp: serde_json::Value = client
+                .post(
+                    &format!("/v1/job/{id}/periodic/force"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            let eval = resp["EvalID"].as_str().unwrap_or_default().to_string();
+            println!("Evaluation ID: {}", short_id(&eval));
+            if detach {
+                return Ok(0);
+            }
+            let (e, _): (Evaluation, _) =
+                client.get(&format!("/v1/evaluation/{eval}"), None).await?;
+            monitor::run(
+                client,
+                DEFAULT_NAMESPACE,
+                &e.job_id,
+                &eval,
+                std::time::Duration::from_secs(300),
             )
             .await
         }
@@ -375,6 +575,46 @@ pub async fn run_alloc(client: &Client, cmd: AllocCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        AllocCmd::Restart { alloc, task } => {
+            let (a, _): (Allocation, _) =
+                client.get(&format!("/v1/allocation/{alloc}"), None).await?;
+            let body = match &task {
+                Some(t) => serde_json::json!({ "TaskName": t }),
+                None => serde_json::json!({}),
+            };
+            let _: serde_json::Value = client
+                .post(&format!("/v1/client/allocation/{}/restart", a.id), &body)
+                .await?;
+            println!("Restart of allocation {} requested", a.short_id());
+            Ok(0)
+        }
+        AllocCmd::Stop { alloc, detach } => {
+            let (a, _): (Allocation, _) =
+                client.get(&format!("/v1/allocation/{alloc}"), None).await?;
+            let resp: serde_json::Value = client
+                .post(
+                    &format!("/v1/allocation/{}/stop", a.id),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            let eval = resp["EvalID"].as_str().unwrap_or_default().to_string();
+            println!(
+                "Allocation {} stopping; evaluation {}",
+                a.short_id(),
+                short_id(&eval)
+            );
+            if detach {
+                return Ok(0);
+            }
+            monitor::run(
+                client,
+                &a.namespace,
+                &a.job_id,
+                &eval,
+                std::time::Duration::from_secs(300),
+            )
+            .await
+        }
         AllocCmd::Logs {
             alloc,
             task,
@@ -435,7 +675,11 @@ pub async fn run_alloc(client: &Client, cmd: AllocCmd) -> anyhow::Result<i32> {
 
 pub async fn run_node(client: &Client, cmd: NodeCmd) -> anyhow::Result<i32> {
     match cmd {
-        NodeCmd::Status { id: None, json } => {
+        NodeCmd::Status {
+            id: None,
+            json,
+            verbose,
+        } => {
             let (nodes, _): (Vec<NodeListStub>, _) = client.get("/v1/nodes", None).await?;
             if json {
                 return print_json(&nodes).map(|_| 0);
@@ -444,7 +688,11 @@ pub async fn run_node(client: &Client, cmd: NodeCmd) -> anyhow::Result<i32> {
                 .iter()
                 .map(|n| {
                     vec![
-                        short_id(&n.id).to_string(),
+                        if verbose {
+                            n.id.clone()
+                        } else {
+                            short_id(&n.id).to_string()
+                        },
                         n.datacenter.clone(),
                         n.name.clone(),
                         if n.node_class.is_empty() {
@@ -474,7 +722,11 @@ pub async fn run_node(client: &Client, cmd: NodeCmd) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        NodeCmd::Status { id: Some(id), json } => {
+        NodeCmd::Status {
+            id: Some(id),
+            json,
+            verbose,
+        } => {
             // Accept a name too.
             let (nodes, _): (Vec<NodeListStub>, _) = client.get("/v1/nodes", None).await?;
             let id = nodes
@@ -518,7 +770,35 @@ pub async fn run_node(client: &Client, cmd: NodeCmd) -> anyhow::Result<i32> {
                     node.node_resources.memory.memory_mb.to_string(),
                 ),
                 ("Drivers", drivers.join(",")),
+                ("Status Description", node.status_description.clone()),
             ]);
+            if verbose {
+                println!("\nAttributes");
+                let attrs: Vec<(&str, String)> = node
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect();
+                table::print_kv(&attrs);
+                if !node.meta.is_empty() {
+                    println!("\nMeta");
+                    let meta: Vec<(&str, String)> = node
+                        .meta
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.clone()))
+                        .collect();
+                    table::print_kv(&meta);
+                }
+                if !node.host_volumes.is_empty() {
+                    println!("\nHost Volumes");
+                    let rows: Vec<Vec<String>> = node
+                        .host_volumes
+                        .values()
+                        .map(|v| vec![v.name.clone(), v.path.clone(), v.read_only.to_string()])
+                        .collect();
+                    table::print(&["Name", "Path", "ReadOnly"], &rows);
+                }
+            }
             println!("\nAllocations");
             let rows: Vec<Vec<String>> = allocs
                 .iter()
@@ -536,6 +816,239 @@ pub async fn run_node(client: &Client, cmd: NodeCmd) -> anyhow::Result<i32> {
             table::print(&["ID", "Job ID", "Task Group", "Desired", "Status"], &rows);
             Ok(0)
         }
+        NodeCmd::Drain {
+            node,
+            enable,
+            disable,
+            deadline,
+            ignore_system,
+            keep_ineligible,
+            detach,
+            yes: _,
+        } => {
+            if enable == disable {
+                return Err(anyhow!(
+                    "node drain: give exactly one of -enable or -disable"
+                ));
+            }
+            let node = resolve_node(client, &node).await?;
+            let body = if enable {
+                let d = parse_signed_duration(&deadline)
+                    .with_context(|| format!("-deadline {deadline:?}"))?;
+                serde_json::json!({"DrainSpec": {"Deadline": d, "IgnoreSystemJobs": ignore_system}})
+            } else {
+                serde_json::json!({"DrainSpec": null, "MarkEligible": !keep_ineligible})
+            };
+            let _: serde_json::Value = client
+                .post(&format!("/v1/node/{}/drain", node.id), &body)
+                .await?;
+            if disable {
+                println!("Node {:?} drain disabled", node.name);
+                return Ok(0);
+            }
+            println!("Node {:?} drain strategy set", node.name);
+            if detach {
+                return Ok(0);
+            }
+            let mut index = None;
+            loop {
+                let (n, i): (Node, u64) =
+                    client.get(&format!("/v1/node/{}", node.id), index).await?;
+                index = Some(i);
+                if !n.drain {
+                    println!(
+                        "Node {:?} has marked all allocations for migration; drain complete",
+                        n.name
+                    );
+                    return Ok(0);
+                }
+            }
+        }
+        NodeCmd::Eligibility {
+            node,
+            enable,
+            disable,
+        } => {
+            if enable == disable {
+                return Err(anyhow!(
+                    "node eligibility: give exactly one of -enable or -disable"
+                ));
+            }
+            let node = resolve_node(client, &node).await?;
+            let value = if enable {
+                NODE_ELIGIBLE
+            } else {
+                NODE_INELIGIBLE
+            };
+            let _: serde_json::Value = client
+                .post(
+                    &format!("/v1/node/{}/eligibility", node.id),
+                    &serde_json::json!({"Eligibility": value}),
+                )
+                .await?;
+            println!(
+                "Node {:?} scheduling eligibility set: {value} for scheduling",
+                node.name
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// A node by name, id or unique id prefix.
+async fn resolve_node(client: &Client, wanted: &str) -> anyhow::Result<NodeListStub> {
+    let (nodes, _): (Vec<NodeListStub>, _) = client.get("/v1/nodes", None).await?;
+    if let Some(n) = nodes.iter().find(|n| n.name == wanted || n.id == wanted) {
+        return Ok(n.clone());
+    }
+    let matches: Vec<&NodeListStub> = nodes.iter().filter(|n| n.id.starts_with(wanted)).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(anyhow!("no node named or with id {wanted:?}")),
+        many => Err(anyhow!(
+            "node id prefix {wanted:?} matches {} nodes: {}",
+            many.len(),
+            many.iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// "1h" → nanoseconds; "-1s" → negative (force now).
+fn parse_signed_duration(s: &str) -> anyhow::Result<i64> {
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s),
+    };
+    let d = humantime::parse_duration(body)?;
+    let n = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    Ok(if neg { -n } else { n })
+}
+
+pub async fn run_eval(client: &Client, cmd: EvalCmd) -> anyhow::Result<i32> {
+    match cmd {
+        EvalCmd::Status { id, json } => {
+            let (e, _): (Evaluation, _) = client.get(&format!("/v1/evaluation/{id}"), None).await?;
+            if json {
+                return print_json(&e).map(|_| 0);
+            }
+            table::print_kv(&[
+                ("ID", e.id.clone()),
+                ("Create Time", ago(e.create_time)),
+                ("Modify Time", ago(e.modify_time)),
+                ("Status", e.status.clone()),
+                ("Status Description", e.status_description.clone()),
+                ("Type", e.eval_type.clone()),
+                ("TriggeredBy", e.triggered_by.clone()),
+                ("Job ID", e.job_id.clone()),
+                ("Node ID", e.node_id.clone()),
+                ("Priority", e.priority.to_string()),
+                (
+                    "Placement Failures",
+                    (!e.failed_tg_allocs.is_empty()).to_string(),
+                ),
+                ("Previous Eval", e.previous_eval.clone()),
+                ("Blocked Eval", e.blocked_eval.clone()),
+            ]);
+            for (group, m) in &e.failed_tg_allocs {
+                println!(
+                    "\nFailed Placements\nTask Group {group:?} (failed to place {} allocation(s)):",
+                    m.coalesced_failures + 1
+                );
+                println!("  * {}", m.describe());
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// `job plan`: print the diff and the dry run; 0 = no change, 1 = changes.
+async fn plan(
+    client: &Client,
+    file: &std::path::Path,
+    vars: &VarArgs,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let p = match parse_file(file, vars)? {
+        Ok(p) => p,
+        Err(errors) => return Err(anyhow!("parsing job file {}:\n{errors}", file.display())),
+    };
+    let job = p.job;
+    let resp: serde_json::Value = client
+        .post(
+            &format!("/v1/job/{}/plan", job.id),
+            &serde_json::json!({"Job": job, "Diff": true}),
+        )
+        .await?;
+    if json {
+        print_json(&resp)?;
+    }
+    let diff = &resp["Diff"];
+    let changed = diff["Type"].as_str().is_some_and(|t| t != "None");
+    if !json {
+        let mark = |t: &str| match t {
+            "Added" => "+",
+            "Deleted" => "-",
+            "Edited" => "+/-",
+            _ => "",
+        };
+        println!(
+            "{} Job: {:?}",
+            mark(diff["Type"].as_str().unwrap_or("")),
+            job.id
+        );
+        for f in diff["Fields"].as_array().into_iter().flatten() {
+            print_field(f, "");
+        }
+        for g in diff["TaskGroups"].as_array().into_iter().flatten() {
+            let updates: Vec<String> = g["Updates"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect();
+            println!(
+                "{} Task Group: {:?} ({})",
+                mark(g["Type"].as_str().unwrap_or("")),
+                g["Name"].as_str().unwrap_or(""),
+                updates.join(", ")
+            );
+            for f in g["Fields"].as_array().into_iter().flatten() {
+                print_field(f, "  ");
+            }
+        }
+        println!("\nScheduler dry-run:");
+        let failed = resp["FailedTGAllocs"].as_object().filter(|m| !m.is_empty());
+        match failed {
+            None => println!("- All tasks successfully allocated."),
+            Some(m) => {
+                for (group, metric) in m {
+                    let metric: AllocMetric =
+                        serde_json::from_value(metric.clone()).unwrap_or_default();
+                    println!(
+                        "- WARNING: Failed to place all allocations.\n  Task Group {group:?}: {}",
+                        metric.describe()
+                    );
+                }
+            }
+        }
+        println!("\nJob Modify Index: {}", resp["JobModifyIndex"]);
+    }
+    Ok(if changed { 1 } else { 0 })
+}
+
+fn print_field(f: &serde_json::Value, indent: &str) {
+    let name = f["Name"].as_str().unwrap_or("");
+    let (old, new) = (
+        f["Old"].as_str().unwrap_or(""),
+        f["New"].as_str().unwrap_or(""),
+    );
+    match f["Type"].as_str().unwrap_or("") {
+        "Added" => println!("{indent}  + {name}: {new:?}"),
+        "Deleted" => println!("{indent}  - {name}: {old:?}"),
+        _ => println!("{indent}  +/- {name}: {old:?} => {new:?}"),
     }
 }
 

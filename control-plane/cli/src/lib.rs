@@ -12,7 +12,8 @@ mod table;
 
 pub use client::Client;
 pub use commands::{
-    AllocCmd, JobCmd, NodeCmd, ServiceCmd, run_alloc, run_job, run_node, run_service,
+    AllocCmd, EvalCmd, JobCmd, NodeCmd, PeriodicCmd, ServiceCmd, VarArgs, run_alloc, run_eval,
+    run_job, run_node, run_service,
 };
 
 /// Connection flags shared by every command that talks to a server.

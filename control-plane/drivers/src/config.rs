@@ -76,14 +76,14 @@ impl CommandConfig {
     }
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> DriverError {
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> DriverError {
     DriverError::InvalidConfig {
         field: field.to_string(),
         message: message.into(),
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

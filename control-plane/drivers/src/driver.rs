@@ -1,6 +1,6 @@
 //! The driver trait, the task handle trait, and the types they exchange.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -36,6 +36,67 @@ pub struct TaskSpec {
     pub stdout_path: PathBuf,
     /// stderr is appended here.
     pub stderr_path: PathBuf,
+    /// The allocation the task belongs to (containers are named and labelled with it).
+    pub alloc_id: String,
+    /// The task's name within its group.
+    pub task_name: String,
+    /// The allocation's network ports, which `config.ports` of the docker driver refers to by
+    /// label.
+    pub ports: Vec<PortMapping>,
+    /// Host paths to make visible to the task (host volumes, the allocation directory). The
+    /// docker driver bind-mounts them; the process drivers see the host filesystem anyway.
+    pub mounts: Vec<MountSpec>,
+    /// The user to run the task as. Process drivers switch to it only when the agent runs as
+    /// root; the docker driver passes it to the container.
+    pub user: Option<String>,
+    /// Log rotation: keep this many files per stream (0 = no rotation, one growing file).
+    pub log_max_files: u32,
+    /// Log rotation: start a new file once the current one would exceed this many MiB.
+    pub log_max_file_size_mb: u64,
+}
+
+/// One port of the allocation: `host_ip:host_port` on the node, `to` inside the task (0 means
+/// the same number as `host_port`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct PortMapping {
+    /// The label the job gave the port (`port "http" { … }`).
+    pub label: String,
+    /// The node address it is reserved on.
+    pub host_ip: String,
+    /// The node port.
+    pub host_port: u16,
+    /// The port inside the task, 0 for "same as `host_port`".
+    pub to: u16,
+}
+
+/// A host path mounted into a task.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct MountSpec {
+    /// The path on the node.
+    pub source: PathBuf,
+    /// Where the task sees it.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// What the agent persists to find a running task again after its own restart.
+///
+/// `extra` holds driver-specific identity checks (for the process drivers: the boot id and the
+/// process start time in clock ticks; for docker: the container name). Persist the whole value
+/// as [`TaskHandle::recover_state`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecoverState {
+    /// The driver that started the task.
+    pub driver: String,
+    /// [`TaskHandle::id`].
+    pub id: String,
+    /// The main process id, for process drivers.
+    pub pid: Option<u32>,
+    /// When the task started, in nanoseconds since the Unix epoch.
+    pub started_at_unix_nanos: i64,
+    /// Driver-specific details.
+    pub extra: BTreeMap<String, String>,
 }
 
 /// How a task ended.
@@ -112,18 +173,43 @@ pub enum DriverError {
     /// The job asked for a driver this node does not have or that is not usable.
     #[error("driver {name:?} is not available on this node: {reason}")]
     Unavailable { name: String, reason: String },
+    /// The task to recover is no longer running (it exited, or its pid or container now
+    /// belongs to something else).
+    #[error("task {id} is no longer running")]
+    Gone { id: String },
+    /// A [`RecoverState`] this driver cannot use (another driver's, or missing fields).
+    #[error("cannot recover task {id}: {message}")]
+    InvalidRecoverState { id: String, message: String },
+    /// The task's `user` is unknown or cannot be switched to.
+    #[error("user {user:?}: {message}")]
+    User { user: String, message: String },
+    /// A docker image that is not on the node, and no pull was asked for.
+    #[error(
+        "image {image:?} is not present on this node and cannot be pulled (no registry reachable): build or load it first"
+    )]
+    ImageMissing { image: String },
+    /// Pulling a docker image failed or took too long.
+    #[error("pulling image {image:?}: {message}")]
+    ImagePull { image: String, message: String },
+    /// The Docker daemon refused or failed a request; `action` says which.
+    #[error("docker: {action}: {message}")]
+    Docker { action: String, message: String },
 }
 
 impl DriverError {
-    /// Whether trying again could help. A wrong config or an unusable driver never fixes
-    /// itself; a missing command might appear (an artifact being fetched), a spawn failure
-    /// might be transient.
+    /// Whether trying again could help. A wrong config, an unknown user or an unusable driver
+    /// never fixes itself; a missing command might appear (an artifact being fetched), a
+    /// missing image might be loaded by an operator, a spawn or daemon failure might be
+    /// transient.
     pub fn is_recoverable(&self) -> bool {
         !matches!(
             self,
             DriverError::InvalidConfig { .. }
                 | DriverError::UnknownSignal(_)
                 | DriverError::Unavailable { .. }
+                | DriverError::Gone { .. }
+                | DriverError::InvalidRecoverState { .. }
+                | DriverError::User { .. }
         )
     }
 }
@@ -136,6 +222,10 @@ pub trait TaskHandle: Send + Sync {
 
     /// The main process id, when the task is a process.
     fn pid(&self) -> Option<u32>;
+
+    /// What to persist so that [`Driver::recover`] finds this task again after the agent
+    /// restarts.
+    fn recover_state(&self) -> RecoverState;
 
     /// Waits until the task has ended. May be called any number of times, concurrently.
     async fn wait(&self) -> ExitResult;
@@ -184,6 +274,21 @@ pub trait Driver: Send + Sync {
 
     /// Starts a task. Returns once the task is running (or failed to start).
     async fn start(&self, spec: TaskSpec) -> Result<Box<dyn TaskHandle>, DriverError>;
+
+    /// Finds a task a previous agent started, from what it persisted, and returns a handle to
+    /// it. [`DriverError::Gone`] when the task is no longer running.
+    async fn recover(
+        &self,
+        state: &RecoverState,
+        spec: &TaskSpec,
+    ) -> Result<Box<dyn TaskHandle>, DriverError>;
+
+    /// Stops and removes tasks this driver runs on the node that none of `owned_alloc_ids`
+    /// owns. Returns what it removed (names for people).
+    async fn reap_unowned(
+        &self,
+        owned_alloc_ids: &BTreeSet<String>,
+    ) -> Result<Vec<String>, DriverError>;
 }
 
 /// The drivers an agent offers, by name.
@@ -199,16 +304,23 @@ impl std::fmt::Debug for Drivers {
 }
 
 impl Drivers {
-    /// The drivers built into Flotilla: `raw_exec` and `exec`.
+    /// The drivers built into Flotilla: `raw_exec`, `exec` and `docker` (talking to the
+    /// daemon at `DOCKER_HOST` when that is a `unix://` address, else
+    /// `/var/run/docker.sock`; see [`DockerDriver::from_env`](crate::docker::DockerDriver::from_env)).
     pub fn builtin() -> Self {
-        let mut by_name: BTreeMap<&'static str, Arc<dyn Driver>> = BTreeMap::new();
-        for d in [
-            Arc::new(crate::raw_exec::RawExec) as Arc<dyn Driver>,
-            Arc::new(crate::exec::Exec),
-        ] {
-            by_name.insert(d.name(), d);
+        Self {
+            by_name: BTreeMap::new(),
         }
-        Self { by_name }
+        .with(Arc::new(crate::raw_exec::RawExec))
+        .with(Arc::new(crate::exec::Exec))
+        .with(Arc::new(crate::docker::DockerDriver::from_env()))
+    }
+
+    /// Adds `driver`, replacing one of the same name (for example a
+    /// [`DockerDriver`](crate::docker::DockerDriver) scoped to this node).
+    pub fn with(mut self, driver: Arc<dyn Driver>) -> Self {
+        self.by_name.insert(driver.name(), driver);
+        self
     }
 
     /// A driver by the name a job uses.
@@ -268,10 +380,37 @@ mod tests {
     }
 
     #[test]
-    fn builtin_has_both_drivers() {
+    fn builtin_has_all_drivers() {
         let d = Drivers::builtin();
         assert!(d.get("raw_exec").is_some());
         assert!(d.get("exec").is_some());
-        assert!(d.get("docker").is_none());
+        assert!(d.get("docker").is_some());
+        assert!(d.get("podman").is_none());
+    }
+
+    #[test]
+    fn image_missing_names_the_image() {
+        let e = DriverError::ImageMissing {
+            image: "x:y".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "image \"x:y\" is not present on this node and cannot be pulled (no registry reachable): build or load it first"
+        );
+        assert!(e.is_recoverable());
+        assert!(!DriverError::Gone { id: "a".into() }.is_recoverable());
+    }
+
+    #[test]
+    fn recover_state_round_trips_through_json() {
+        let s = RecoverState {
+            driver: "docker".into(),
+            id: "abc".into(),
+            pid: None,
+            started_at_unix_nanos: 1_700_000_000_000_000_000,
+            extra: BTreeMap::from([("container_name".into(), "web-1".into())]),
+        };
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<RecoverState>(&json).unwrap(), s);
     }
 }

@@ -34,7 +34,8 @@ impl fmt::Display for Severity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
     pub severity: Severity,
-    /// The filename given to [`parse`](crate::parse); `""` for jobs submitted as JSON.
+    /// The filename given to [`parse`](crate::parse), or the path of a `-var-file`; `""` for
+    /// jobs submitted as JSON and for problems with `-var` options.
     pub file: String,
     /// 1-based line, `None` when unknown (jobs submitted as JSON).
     pub line: Option<usize>,
@@ -99,6 +100,29 @@ pub(crate) enum Seg {
     Config,
     Meta,
     Env,
+    Constraint(usize),
+    Affinity(usize),
+    Spread(usize),
+    /// Index into `Spread::spread_target`.
+    SpreadTarget(usize),
+    Update,
+    Reschedule,
+    Periodic,
+    Parameterized,
+    /// Index of the volume in the group's (name-ordered) volume map.
+    Volume(usize),
+    VolumeMount(usize),
+    EphemeralDisk,
+    Lifecycle,
+    Artifact(usize),
+    Template(usize),
+    Logs,
+    DispatchPayload,
+    CheckRestart,
+    /// A docker `config { port_map { … } }` block.
+    PortMap,
+    /// The n-th `dynamic` block of the file (its own attributes, not what it generates).
+    Dynamic(usize),
 }
 
 /// A field of an object in the job: the structured twin of a diagnostic's `path` and `field`.
@@ -127,6 +151,14 @@ impl Scope {
             } else {
                 format!("job {id:?}")
             }],
+        }
+    }
+
+    /// A top-level scope outside the job, like `variable "region"` or `locals`.
+    pub fn top(label: impl Into<String>) -> Scope {
+        Scope {
+            node: Vec::new(),
+            labels: vec![label.into()],
         }
     }
 
@@ -198,6 +230,49 @@ impl SpanTable {
             }
             block.node.pop()?;
         }
+    }
+}
+
+/// Builds diagnostics located in one source file.
+#[derive(Debug)]
+pub(crate) struct Locator<'a> {
+    file: &'a str,
+    lines: LineIndex<'a>,
+}
+
+impl<'a> Locator<'a> {
+    pub fn new(file: &'a str, src: &'a str) -> Self {
+        Locator {
+            file,
+            lines: LineIndex::new(src),
+        }
+    }
+
+    pub fn file(&self) -> &'a str {
+        self.file
+    }
+
+    /// A diagnostic at `scope`, located at the start of `span` when there is one.
+    pub fn diag(
+        &self,
+        scope: &Scope,
+        severity: Severity,
+        field: &str,
+        span: Option<Range<usize>>,
+        message: String,
+    ) -> Diagnostic {
+        let mut diag = scope.diag(severity, field, message);
+        diag.file = self.file.to_string();
+        if let Some(span) = span {
+            let (line, column) = self.lines.position(span.start);
+            diag.line = Some(line);
+            diag.column = Some(column);
+        }
+        diag
+    }
+
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        self.lines.position(offset)
     }
 }
 

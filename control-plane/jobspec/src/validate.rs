@@ -1,9 +1,21 @@
 //! Semantic validation of a typed job, whether it came from HCL or from JSON.
+//!
+//! This file walks the job, group and task and checks names, drivers, ports, services and
+//! restart policies; placement rules are checked in [`placement`], update, reschedule,
+//! periodic and parameterized settings, volumes and disks in [`policies`], and the parts only
+//! tasks have (lifecycle, artifacts, templates, logs, volume mounts, dispatch payload) in
+//! [`task_parts`].
+
+mod placement;
+mod policies;
+mod task_parts;
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
-use flotilla_types::{Job, RestartPolicy, Service, Task, TaskGroup};
+use flotilla_types::{
+    JOB_TYPE_SYSBATCH, JOB_TYPE_SYSTEM, Job, RestartPolicy, Service, Task, TaskGroup,
+};
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, Key, Scope, Seg, Severity, named};
@@ -15,7 +27,7 @@ pub(crate) const DRIVERS: &[&str] = &["docker", "exec", "raw_exec"];
 const JOB_TYPES: &[&str] = &["service", "batch", "system", "sysbatch"];
 const NETWORK_MODES: &[&str] = &["host", "bridge"];
 const RESTART_MODES: &[&str] = &["fail", "delay"];
-const CHECK_TYPES: &[&str] = &["http", "tcp"];
+const CHECK_TYPES: &[&str] = &["http", "tcp", "grpc"];
 const PROVIDERS: &[&str] = &["nomad", "consul"];
 
 /// Semantic validation of a typed job: the checks Nomad's `Job.Validate` makes that matter to
@@ -102,6 +114,19 @@ impl Report {
                     .to_string(),
             );
         }
+        self.constraints(&scope, &job.constraints);
+        self.affinities(&scope, &job.affinities);
+        self.spreads(&scope, &job.spreads);
+        if let Some(update) = &job.update {
+            self.update(&scope, update, &job.job_type, None);
+        }
+        if let Some(periodic) = &job.periodic {
+            self.periodic(&scope, periodic, &job.job_type);
+        }
+        if let Some(parameterized) = &job.parameterized_job {
+            self.parameterized(&scope, parameterized, &job.job_type);
+        }
+
         let mut names = HashMap::new();
         for (i, group) in job.task_groups.iter().enumerate() {
             let gs = scope.child(Seg::Group(i), named("group", &group.name, i));
@@ -119,11 +144,44 @@ impl Report {
                     ),
                 );
             }
-            self.group(&gs, group);
+            self.group(&gs, group, job);
         }
     }
 
-    fn group(&mut self, scope: &Scope, group: &TaskGroup) {
+    fn group(&mut self, scope: &Scope, group: &TaskGroup, job: &Job) {
+        let job_type = job.job_type.as_str();
+        if (job_type == JOB_TYPE_SYSTEM || job_type == JOB_TYPE_SYSBATCH) && group.count != 1 {
+            self.warn(
+                scope,
+                "count",
+                format!(
+                    "count = {} is ignored for {job_type} jobs: they run one instance of the \
+                     group on every eligible node",
+                    group.count
+                ),
+            );
+        }
+        self.constraints(scope, &group.constraints);
+        self.affinities(scope, &group.affinities);
+        self.spreads(scope, &group.spreads);
+        if let Some(policy) = &group.reschedule_policy {
+            self.reschedule(&scope.child(Seg::Reschedule, "reschedule"), policy);
+        }
+        if let Some(update) = &group.update {
+            if job.update.as_ref() == Some(update) {
+                // Inherited as it is: the job-level block was checked already, except against
+                // this group's count (system jobs' canaries were reported at the job level).
+                if job_type != JOB_TYPE_SYSTEM {
+                    self.canaries(scope, update, group.count, job_type);
+                }
+            } else {
+                self.update(scope, update, job_type, Some(group.count));
+            }
+        }
+        self.volumes(scope, group);
+        if let Some(disk) = &group.ephemeral_disk {
+            self.ephemeral_disk(scope, disk);
+        }
         if group.tasks.is_empty() {
             self.error(
                 scope,
@@ -208,7 +266,7 @@ impl Report {
                     ),
                 );
             }
-            self.task(&ts, task, &ports);
+            self.task(&ts, task, &ports, group, job);
         }
     }
 
@@ -289,8 +347,8 @@ impl Report {
             let cs = scope.child(Seg::Check(ci), named("check", &check.name, ci));
             let kind = check.check_type.as_str();
             match kind {
-                "http" | "tcp" => {}
-                "grpc" | "script" => self.error(
+                "http" | "tcp" | "grpc" => {}
+                "script" => self.error(
                     &cs,
                     "type",
                     format!(
@@ -352,6 +410,25 @@ impl Report {
                     ),
                 );
             }
+            if !check.grpc_service.is_empty() && kind != "grpc" {
+                self.warn(
+                    &cs,
+                    "grpc_service",
+                    format!("grpc_service is only used by grpc checks; this is a {kind} check"),
+                );
+            }
+            if let Some(restart) = &check.check_restart
+                && restart.grace < 0
+            {
+                self.error(
+                    &cs.child(Seg::CheckRestart, "check_restart"),
+                    "grace",
+                    format!(
+                        "grace must not be negative, got {}",
+                        format_duration(restart.grace)
+                    ),
+                );
+            }
             self.port_ref(&cs, &check.port_label, ports);
             if CHECK_TYPES.contains(&kind)
                 && check.port_label.is_empty()
@@ -368,7 +445,14 @@ impl Report {
         }
     }
 
-    fn task(&mut self, scope: &Scope, task: &Task, ports: &GroupPorts<'_>) {
+    fn task(
+        &mut self,
+        scope: &Scope,
+        task: &Task,
+        ports: &GroupPorts<'_>,
+        group: &TaskGroup,
+        job: &Job,
+    ) {
         let driver = task.driver.as_str();
         if driver.is_empty() {
             self.error(
@@ -426,6 +510,20 @@ impl Report {
         }
         for (si, service) in task.services.iter().enumerate() {
             self.service(scope, si, service, ports);
+        }
+        self.constraints(scope, &task.constraints);
+        self.affinities(scope, &task.affinities);
+        if let Some(lifecycle) = &task.lifecycle {
+            self.lifecycle(scope, lifecycle);
+        }
+        self.artifacts(scope, &task.artifacts);
+        self.templates(scope, &task.templates);
+        if let Some(logs) = &task.log_config {
+            self.logs(scope, logs, group.ephemeral_disk.as_ref());
+        }
+        self.volume_mounts(scope, &task.volume_mounts, group);
+        if let Some(payload) = &task.dispatch_payload {
+            self.dispatch_payload(scope, payload, job);
         }
     }
 
@@ -731,11 +829,16 @@ mod tests {
         assert_eq!(only_error(&j).field, "provider");
 
         let mut j = job();
-        j.task_groups[0].services[0].checks[0].check_type = "grpc".into();
+        j.task_groups[0].services[0].checks[0].check_type = "script".into();
         assert_eq!(
             only_error(&j).message,
-            r#"check type "grpc" is not supported yet (supported: http, tcp)"#
+            r#"check type "script" is not supported yet (supported: http, tcp, grpc)"#
         );
+
+        let mut j = job();
+        j.task_groups[0].services[0].checks[0].check_type = "grpc".into();
+        j.task_groups[0].services[0].checks[0].path.clear();
+        assert_eq!(errors(&j), vec![]);
 
         let mut j = job();
         j.task_groups[0].services[0].checks[0].path.clear();

@@ -553,7 +553,7 @@ fn unknown_block() {
     assert_eq!(d.path, r#"job "hello" > group "web""#);
     assert_eq!(
         d.message,
-        r#"unknown block "volumee" (allowed: count, meta, network, service, task, restart)"#
+        r#"unknown block "volumee" (allowed: count, meta, shutdown_delay, network, service, task, restart, constraint, affinity, spread, reschedule, update, volume, ephemeral_disk)"#
     );
 }
 
@@ -570,7 +570,7 @@ fn unknown_attribute() {
     );
     assert_eq!(
         d.message,
-        r#"unknown attribute "cores" (allowed: cpu, memory)"#
+        r#"unknown attribute "cores" (allowed: cpu, memory, network)"#
     );
 }
 
@@ -614,7 +614,16 @@ fn wrong_type() {
     let d = only_error(&hello_with("count = 3", "count = var.count"));
     assert_at(&d, 6, "count");
     assert!(
-        d.message.contains("unsupported expression `var.count`"),
+        d.message
+            .contains(r#"undeclared variable "count" in `var.count`"#),
+        "{d}"
+    );
+
+    let d = only_error(&hello_with("count = 3", "count = NOMAD_ALLOC_INDEX"));
+    assert_at(&d, 6, "count");
+    assert!(
+        d.message
+            .contains("unsupported expression `NOMAD_ALLOC_INDEX`"),
         "{d}"
     );
 }
@@ -680,7 +689,7 @@ fn static_port_rules() {
 
 #[test]
 fn check_rules() {
-    let d = only_error(&hello_with("type     = \"http\"", "type     = \"grpc\""));
+    let d = only_error(&hello_with("type     = \"http\"", "type     = \"script\""));
     assert_at(&d, 18, "type");
     assert!(d.message.contains("not supported yet"), "{d}");
 

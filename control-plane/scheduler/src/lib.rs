@@ -1,32 +1,65 @@
 //! The scheduler: pure placement logic in Nomad's model.
 //!
 //! [`schedule`] reads a [`State`] snapshot and one [`Evaluation`] and returns a [`Plan`]: the
-//! allocations to create and the ones to stop, plus, for task groups that could not be placed,
-//! an [`AllocMetric`] saying why. It performs no I/O; the current time, new ids and the random
-//! seed come in through [`Env`], so the same inputs always give the same plan.
+//! allocations to create, the ones to stop, the ones to update in place, the failed ones to
+//! replace later (follow-ups), plus, for task groups that could not be placed, an
+//! [`AllocMetric`] saying why. It performs no I/O; the current time, new ids, the random seed and
+//! the scoring algorithm come in through [`Env`], so the same inputs always give the same plan.
 //!
-//! The pieces: [`reconcile`] compares what the job wants with what exists (missing instances,
-//! surplus ones, outdated versions, instances on lost nodes); [`feasible`] filters nodes (status,
-//! datacenter, drivers, resources, ports); [`rank`] scores the feasible ones (bin-packing plus
-//! anti-affinity between instances of a group). The server's plan applier re-checks the plan
-//! against the latest state before committing it (optimistic concurrency), see
-//! [`Plan::conflicts`].
+//! Job types follow Nomad: `service` and `batch` jobs go through the generic scheduler
+//! ([`reconcile`] then placement), `system` and `sysbatch` jobs get one allocation per group on
+//! every eligible, feasible node.
+//!
+//! The pieces:
+//! - [`reconcile`] compares what a service or batch job wants with what exists: missing
+//!   instances, surplus ones, outdated versions (destructive or in place), instances on lost
+//!   nodes or marked for migration, and failed ones under the group's reschedule policy.
+//! - feasibility filters nodes: status, datacenter, constraints (job, group, task; all of
+//!   Nomad's operators with `${attr.*}`, `${meta.*}`, `${node.*}` interpolation), drivers,
+//!   host volumes, `distinct_hosts`, `distinct_property`, CPU, memory, ports. Results that
+//!   depend only on a node's computed class are cached per class and group.
+//! - ranking scores feasible nodes and averages the scores (Nomad's normalisation): bin-packing
+//!   or spread fit ([`Algorithm`]), anti-affinity between instances of a group, a penalty for
+//!   nodes a rescheduled allocation failed on, node affinities and `spread` blocks. As in
+//!   Nomad's limit iterator, only a bounded number of feasible nodes (`log2` of the cluster
+//!   size for services) are scored per placement, drawn from a shuffled order that continues
+//!   across placements.
+//! - [`UsageIndex`] keeps per-node usage in step with the store so a placement never rescans a
+//!   node's allocations; without one, usage is computed for the nodes an evaluation touches.
+//!
+//! The server's plan applier re-checks the plan against the latest state before committing it
+//! (optimistic concurrency): [`Plan::conflicts`] says whether it still holds, and
+//! [`Plan::retain_valid`] keeps the part that does (Nomad commits plans partially, node by node).
 
-mod feasible;
+mod constraint;
+mod context;
+mod fx;
+mod generic;
 mod plan;
 mod rank;
 mod reconcile;
+mod system;
+mod usage;
+mod version;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use flotilla_store::State;
 use flotilla_types::*;
 
-pub use feasible::{NodeUsage, feasible, node_usage};
 pub use plan::Plan;
-pub use rank::rank;
-pub use reconcile::{Reconciled, reconcile};
+pub use reconcile::{Placement, Reconciled, reconcile};
+pub use usage::{NodeUsage, UsageIndex};
+
+/// How feasible nodes are scored for fit (Nomad's scheduler configuration `scheduler_algorithm`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Fill busy nodes first, leaving whole nodes free for big allocations.
+    #[default]
+    Binpack,
+    /// Prefer the least-used node, spreading load.
+    Spread,
+}
 
 /// What the scheduler needs from the outside world, passed in so it stays deterministic.
 pub struct Env<'a> {
@@ -36,111 +69,53 @@ pub struct Env<'a> {
     pub new_id: &'a mut dyn FnMut() -> String,
     /// Seed for the order in which nodes are tried.
     pub seed: u64,
+    /// Bin-packing (default) or spread scoring.
+    pub algorithm: Algorithm,
+    /// Node usage kept in step with the store, used when it [matches](UsageIndex::matches) the
+    /// state given to [`schedule`]; otherwise usage is computed from the state. Either way the
+    /// plan is the same; the index only makes it cheaper.
+    pub usage: Option<&'a UsageIndex>,
+}
+
+impl<'a> Env<'a> {
+    /// An environment with the default algorithm and no usage index.
+    pub fn new(now: i64, new_id: &'a mut dyn FnMut() -> String, seed: u64) -> Self {
+        Self {
+            now,
+            new_id,
+            seed,
+            algorithm: Algorithm::default(),
+            usage: None,
+        }
+    }
 }
 
 /// Plan the work of `eval` against `state`.
 pub fn schedule(state: &State, eval: &Evaluation, env: &mut Env<'_>) -> Plan {
     let job = state.job(&eval.namespace, &eval.job_id).cloned();
-    let mut plan = Plan {
-        eval_id: eval.id.clone(),
-        job: job.clone(),
-        ..Default::default()
-    };
-    let rec = reconcile(state, job.as_deref(), &eval.namespace, &eval.job_id);
-    for (alloc, status, why) in rec.stop {
-        let mut a = (*alloc).clone();
-        a.desired_status = status.to_string();
-        a.desired_description = why;
-        a.modify_time = env.now;
-        plan.stop.push(a);
+    match job {
+        Some(job)
+            if !job.stop
+                && (job.job_type == JOB_TYPE_SYSTEM || job.job_type == JOB_TYPE_SYSBATCH) =>
+        {
+            system::schedule(state, job, eval, env)
+        }
+        job => generic::schedule(state, job, eval, env),
     }
-    for alloc in rec.lost {
-        let mut a = (*alloc).clone();
-        a.desired_status = ALLOC_DESIRED_STOP.to_string();
-        a.desired_description = "alloc is lost since its node is down".to_string();
-        a.client_status = ALLOC_CLIENT_LOST.to_string();
-        a.modify_time = env.now;
-        plan.stop.push(a);
-    }
-    let Some(job) = job else {
-        return plan;
-    };
-    if rec.place.is_empty() {
-        return plan;
-    }
+}
 
-    let mut usage = node_usage(state, &plan);
-    let mut nodes: Vec<&Arc<Node>> = state.nodes.values().collect();
-    shuffle(&mut nodes, env.seed ^ hash_str(&eval.id));
-
-    for want in rec.place {
-        let Some(group) = job.group(&want.group) else {
-            continue;
-        };
-        let mut metric = AllocMetric::default();
-        let candidates = feasible(&job, group, &nodes, &usage, &mut metric);
-        let Some(node) = rank(&job, group, &candidates, &usage) else {
-            record_failure(&mut plan, &group.name, metric);
-            continue;
-        };
-        let id = (env.new_id)();
-        let node_use = usage.entry(node.id.clone()).or_default();
-        let Some(ports) = node_use.assign_ports(group, node, hash_str(&id)) else {
-            let metric = AllocMetric {
-                nodes_evaluated: 1,
-                nodes_exhausted: 1,
-                dimension_exhausted: [("network: no free dynamic ports".to_string(), 1)].into(),
-                ..Default::default()
-            };
-            record_failure(&mut plan, &group.name, metric);
-            continue;
-        };
-        let alloc = Allocation {
-            id,
-            eval_id: eval.id.clone(),
-            name: format!("{}.{}[{}]", job.id, group.name, want.index),
-            namespace: job.namespace.clone(),
-            node_id: node.id.clone(),
-            node_name: node.name.clone(),
-            job_id: job.id.clone(),
-            job: Some(job.clone()),
-            task_group: group.name.clone(),
-            allocated_resources: AllocatedResources {
-                tasks: group
-                    .tasks
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.name.clone(),
-                            AllocatedTaskResources {
-                                cpu: AllocatedCpu {
-                                    cpu_shares: t.resources.cpu,
-                                },
-                                memory: AllocatedMemory {
-                                    memory_mb: t.resources.memory_mb,
-                                },
-                            },
-                        )
-                    })
-                    .collect(),
-                shared: AllocatedSharedResources { ports },
-            },
-            desired_status: ALLOC_DESIRED_RUN.to_string(),
-            client_status: ALLOC_CLIENT_PENDING.to_string(),
-            previous_allocation: want.previous.unwrap_or_default(),
-            create_time: env.now,
-            modify_time: env.now,
-            ..Default::default()
-        };
-        node_use.add(&alloc);
-        plan.place.push(alloc);
-    }
-    plan
+/// A copy of `a` with a new desired status.
+pub(crate) fn stopped(a: &Allocation, status: &str, why: String, now: i64) -> Allocation {
+    let mut s = a.clone();
+    s.desired_status = status.to_string();
+    s.desired_description = why;
+    s.modify_time = now;
+    s
 }
 
 /// Note one instance of `group` that could not be placed: the first failure's metric is kept and
 /// later ones are counted in `coalesced_failures`, as Nomad does.
-fn record_failure(plan: &mut Plan, group: &str, metric: AllocMetric) {
+pub(crate) fn record_failure(plan: &mut Plan, group: &str, metric: AllocMetric) {
     *plan.queued.entry(group.to_string()).or_default() += 1;
     plan.failed_tg_allocs
         .entry(group.to_string())
@@ -156,20 +131,6 @@ pub(crate) fn hash_str(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
     })
-}
-
-/// Deterministic Fisher–Yates shuffle (xorshift64*), so ties between equal nodes do not always go
-/// to the same node.
-fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut x = seed | 1;
-    for i in (1..items.len()).rev() {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let r = x.wrapping_mul(0x2545F4914F6CDD1D);
-        let j = (r % (i as u64 + 1)) as usize;
-        items.swap(i, j);
-    }
 }
 
 #[cfg(test)]

@@ -68,7 +68,24 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let n = node_from_proto(node, existing.as_deref(), crate::now_nanos());
         info!(node = %n.name, id = %n.id, address = %n.address, "node registered");
         let id = n.id.clone();
-        let index = self.store.apply(vec![Op::PutNode(n)]).map_err(internal)?;
+        let changed = existing.as_deref().is_none_or(|e| {
+            e.status != NODE_STATUS_READY
+                || e.drivers != n.drivers
+                || e.attributes != n.attributes
+                || e.meta != n.meta
+                || e.node_class != n.node_class
+        });
+        let mut ops = vec![Op::PutNode(n)];
+        if changed {
+            // System jobs belong on this node too; its own jobs may need a look.
+            let now = crate::now_nanos();
+            for job in state.jobs_affected_by_node(&id) {
+                let mut e = crate::new_eval(&job, TRIGGER_NODE_UPDATE, now);
+                e.node_id = id.clone();
+                ops.push(Op::PutEval(e));
+            }
+        }
+        let index = self.store.apply(ops).map_err(internal)?;
         self.heartbeats.reset(&id);
         // New or returning capacity: blocked evaluations get another chance.
         crate::applier::unblock_all(&*self.store).map_err(internal)?;

@@ -38,6 +38,38 @@ pub fn commit(store: &dyn Store, eval: &Evaluation, plan: &Plan) -> Result<(), C
     }
     ops.extend(plan.place.iter().cloned().map(Op::PutAlloc));
 
+    // Failed allocations to replace later: one delayed evaluation per distinct time, recorded
+    // on the allocations so the next plan does not schedule another.
+    let mut updates: std::collections::BTreeMap<String, Allocation> = plan
+        .updates
+        .iter()
+        .map(|a| (a.id.clone(), a.clone()))
+        .collect();
+    if let Some(job) = &plan.job {
+        let mut by_time: std::collections::BTreeMap<i64, Vec<&String>> = Default::default();
+        for (alloc_id, at) in &plan.followups {
+            by_time.entry(*at).or_default().push(alloc_id);
+        }
+        for (at, alloc_ids) in by_time {
+            let mut follow = crate::new_eval(job, TRIGGER_RETRY_FAILED_ALLOC, now);
+            follow.wait_until = at;
+            follow.previous_eval = eval.id.clone();
+            for id in alloc_ids {
+                let base = updates
+                    .get(id)
+                    .cloned()
+                    .or_else(|| state.alloc(id).map(|a| (**a).clone()));
+                if let Some(mut a) = base {
+                    a.followup_eval_id = follow.id.clone();
+                    a.modify_time = now;
+                    updates.insert(a.id.clone(), a);
+                }
+            }
+            ops.push(Op::PutEval(follow));
+        }
+    }
+    ops.extend(updates.into_values().map(Op::PutAlloc));
+
     let mut done = eval.clone();
     done.status = EVAL_STATUS_COMPLETE.to_string();
     done.modify_time = now;

@@ -21,7 +21,12 @@ pub async fn run(store: Arc<dyn Store>, workers: usize, mut shutdown: watch::Rec
     let mut index_rx = store.subscribe();
     loop {
         let snapshot = store.snapshot();
+        let now = crate::now_nanos();
         for eval in snapshot.pending_evals() {
+            // Delayed evaluations (reschedules after a failure) wait for their time.
+            if eval.wait_until > now {
+                continue;
+            }
             let key = JobKey::new(&eval.namespace, &eval.job_id);
             {
                 let mut set = inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -51,7 +56,8 @@ pub async fn run(store: Arc<dyn Store>, workers: usize, mut shutdown: watch::Rec
         tokio::select! {
             changed = index_rx.changed() => if changed.is_err() { return },
             _ = shutdown.changed() => return,
-            // Evaluations skipped because their job was busy are looked at again shortly.
+            // Evaluations skipped because their job was busy, or delayed, are looked at again
+            // shortly.
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
@@ -67,11 +73,7 @@ fn process(store: &dyn Store, eval: &flotilla_types::Evaluation) {
             _ => return,
         }
         let mut new_id = crate::new_id;
-        let mut env = flotilla_scheduler::Env {
-            now: crate::now_nanos(),
-            new_id: &mut new_id,
-            seed: rand_seed(),
-        };
+        let mut env = flotilla_scheduler::Env::new(crate::now_nanos(), &mut new_id, rand_seed());
         let plan = flotilla_scheduler::schedule(&snapshot, eval, &mut env);
         match applier::commit(store, eval, &plan) {
             Ok(()) => {

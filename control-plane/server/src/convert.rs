@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use flotilla_proto::agent::v1 as pb;
 use flotilla_types::*;
 
@@ -36,6 +37,62 @@ pub fn alloc_to_proto(alloc: &Allocation, node: Option<&Node>) -> pb::Allocation
                         kill_timeout_ms: ms(t.kill_timeout),
                         kill_signal: t.kill_signal.clone(),
                         meta: t.meta.clone().into_iter().collect(),
+                        lifecycle_hook: t
+                            .lifecycle
+                            .as_ref()
+                            .map(|l| l.hook.clone())
+                            .unwrap_or_default(),
+                        lifecycle_sidecar: t.lifecycle.as_ref().is_some_and(|l| l.sidecar),
+                        artifacts: t
+                            .artifacts
+                            .iter()
+                            .map(|a| pb::Artifact {
+                                source: a.getter_source.clone(),
+                                relative_dest: a.relative_dest.clone(),
+                                mode: a.getter_mode.clone(),
+                                options: a.getter_options.clone().into_iter().collect(),
+                            })
+                            .collect(),
+                        templates: t
+                            .templates
+                            .iter()
+                            .map(|tp| pb::Template {
+                                source_path: tp.source_path.clone(),
+                                dest_path: tp.dest_path.clone(),
+                                embedded_tmpl: tp.embedded_tmpl.clone(),
+                                change_mode: tp.change_mode.clone(),
+                                change_signal: tp.change_signal.clone(),
+                                envvars: tp.envvars,
+                                perms: tp.perms.clone(),
+                                left_delim: tp.left_delim.clone(),
+                                right_delim: tp.right_delim.clone(),
+                            })
+                            .collect(),
+                        log_max_files: t
+                            .log_config
+                            .as_ref()
+                            .map(|l| l.max_files)
+                            .unwrap_or_default(),
+                        log_max_file_size_mb: t
+                            .log_config
+                            .as_ref()
+                            .map(|l| l.max_file_size_mb)
+                            .unwrap_or_default(),
+                        user: t.user.clone(),
+                        volume_mounts: t
+                            .volume_mounts
+                            .iter()
+                            .map(|m| pb::VolumeMount {
+                                volume: m.volume.clone(),
+                                destination: m.destination.clone(),
+                                read_only: m.read_only,
+                            })
+                            .collect(),
+                        dispatch_payload_file: t
+                            .dispatch_payload
+                            .as_ref()
+                            .map(|d| d.file.clone())
+                            .unwrap_or_default(),
                     }
                 })
                 .collect()
@@ -65,6 +122,22 @@ pub fn alloc_to_proto(alloc: &Allocation, node: Option<&Node>) -> pb::Allocation
                             interval_ms: ms(c.interval),
                             timeout_ms: ms(c.timeout),
                             method: c.method.clone(),
+                            grpc_service: c.grpc_service.clone(),
+                            grpc_use_tls: c.grpc_use_tls,
+                            check_restart_limit: c
+                                .check_restart
+                                .as_ref()
+                                .map(|r| r.limit)
+                                .unwrap_or_default(),
+                            check_restart_grace_ms: c
+                                .check_restart
+                                .as_ref()
+                                .map(|r| ms(r.grace))
+                                .unwrap_or_default(),
+                            check_restart_ignore_warnings: c
+                                .check_restart
+                                .as_ref()
+                                .is_some_and(|r| r.ignore_warnings),
                         })
                         .collect(),
                     task,
@@ -106,6 +179,32 @@ pub fn alloc_to_proto(alloc: &Allocation, node: Option<&Node>) -> pb::Allocation
         node_id: alloc.node_id.clone(),
         client_status: alloc.client_status.clone(),
         job_type: job.map(|j| j.job_type.clone()).unwrap_or_default(),
+        volumes: group
+            .map(|g| {
+                g.volumes
+                    .iter()
+                    .map(|(name, v)| {
+                        (
+                            name.clone(),
+                            pb::VolumeRequest {
+                                name: v.name.clone(),
+                                r#type: v.volume_type.clone(),
+                                source: v.source.clone(),
+                                read_only: v.read_only,
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        payload: job
+            .filter(|j| !j.payload.is_empty())
+            .and_then(|j| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(j.payload.as_bytes())
+                    .ok()
+            })
+            .unwrap_or_default(),
         job_name: job.map(|j| j.name.clone()).unwrap_or_default(),
     }
 }
@@ -141,6 +240,7 @@ pub fn node_from_proto(n: pb::Node, existing: Option<&Node>, now: i64) -> Node {
             .map(|e| e.scheduling_eligibility.clone())
             .unwrap_or_else(|| NODE_ELIGIBLE.to_string()),
         drain: existing.is_some_and(|e| e.drain),
+        drain_strategy: existing.and_then(|e| e.drain_strategy.clone()),
         attributes: n.attributes.into_iter().collect(),
         meta: n.meta.into_iter().collect(),
         node_resources: NodeResources {
@@ -155,6 +255,20 @@ pub fn node_from_proto(n: pb::Node, existing: Option<&Node>, now: i64) -> Node {
             max_dynamic_port: MAX_DYNAMIC_PORT,
         },
         drivers,
+        host_volumes: n
+            .host_volumes
+            .into_iter()
+            .map(|(name, path)| {
+                (
+                    name.clone(),
+                    ClientHostVolume {
+                        name,
+                        path,
+                        read_only: false,
+                    },
+                )
+            })
+            .collect(),
         address: n.address,
         http_addr: n.http_addr,
         proxy_addr: n.proxy_addr,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flotilla_store::{JobKey, Op, Store};
+use flotilla_store::{Op, Store};
 use flotilla_types::*;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -95,20 +95,16 @@ pub fn mark_down(
     n.status_description = why.to_string();
     n.status_updated_at = now;
     let mut ops = vec![Op::PutNode(n)];
-    let mut jobs = std::collections::BTreeSet::new();
     for a in state.allocs_by_node(node_id).filter(|a| !a.terminal()) {
-        jobs.insert(JobKey::new(&a.namespace, &a.job_id));
         // Its instances no longer receive traffic.
         for svc in state.services_by_alloc(&a.id) {
             ops.push(Op::DeleteService(svc.id.clone()));
         }
     }
-    for key in jobs {
-        if let Some(job) = state.jobs.get(&key) {
-            let mut e = crate::new_eval(job, TRIGGER_NODE_UPDATE, now);
-            e.node_id = node_id.to_string();
-            ops.push(Op::PutEval(e));
-        }
+    for job in state.jobs_affected_by_node(node_id) {
+        let mut e = crate::new_eval(&job, TRIGGER_NODE_UPDATE, now);
+        e.node_id = node_id.to_string();
+        ops.push(Op::PutEval(e));
     }
     info!(node = %node.name, id = %node_id, reason = why, "node down");
     store.apply(ops).map(|_| ())

@@ -6,6 +6,8 @@
 //!   (optimistic concurrency); a stale plan sends the evaluation back to be planned again.
 //! - [`heartbeat`]: tracks node TTLs; a node that misses its TTL is marked down and its jobs
 //!   re-evaluated, so lost allocations are replaced.
+//! - [`drain`]: finishes node drains once their allocations have moved.
+//! - [`periodic`]: launches periodic jobs' children on their cron schedule.
 //! - [`agent_service`]: the gRPC `AgentService` agents talk to (registration, heartbeats,
 //!   the allocation watch, client status and service health → catalog registrations).
 //!
@@ -16,7 +18,9 @@ pub mod agent_service;
 pub mod applier;
 pub mod broker;
 mod convert;
+pub mod drain;
 pub mod heartbeat;
+pub mod periodic;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +70,8 @@ impl Core {
             config.failover_grace,
         ));
         tokio::spawn(broker::run(store.clone(), config.workers, shutdown.clone()));
+        tokio::spawn(drain::run(store.clone(), shutdown.clone()));
+        tokio::spawn(periodic::run(store.clone(), shutdown.clone()));
         tokio::spawn(heartbeats.clone().monitor(shutdown));
         Self {
             store,

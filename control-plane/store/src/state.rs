@@ -128,6 +128,26 @@ impl State {
         }
     }
 
+    /// Jobs to evaluate again when node `node_id` changes (joins, comes back, goes down, drains,
+    /// changes eligibility): those with live allocations on it, and every running system or
+    /// sysbatch job (they belong on every eligible node).
+    pub fn jobs_affected_by_node(&self, node_id: &str) -> Vec<Arc<Job>> {
+        let mut keys = std::collections::BTreeSet::new();
+        for a in self.allocs_by_node(node_id).filter(|a| !a.terminal()) {
+            keys.insert(JobKey::new(&a.namespace, &a.job_id));
+        }
+        for (key, job) in &self.jobs {
+            let system = job.job_type == flotilla_types::JOB_TYPE_SYSTEM
+                || job.job_type == flotilla_types::JOB_TYPE_SYSBATCH;
+            if system && !job.stop {
+                keys.insert(key.clone());
+            }
+        }
+        keys.iter()
+            .filter_map(|k| self.jobs.get(k).cloned())
+            .collect()
+    }
+
     /// Catalog registrations of one allocation's services.
     pub fn services_by_alloc<'a>(
         &'a self,

@@ -422,6 +422,105 @@ impl From<&Job> for JobListStub {
     }
 }
 
+impl Job {
+    /// Whether the job is a periodic parent (its children do the work).
+    pub fn is_periodic(&self) -> bool {
+        self.periodic.as_ref().is_some_and(|p| p.enabled)
+    }
+
+    /// Whether the job is a parameterized template (run with `job dispatch`).
+    pub fn is_parameterized(&self) -> bool {
+        self.parameterized_job.is_some()
+    }
+
+    /// The child a periodic job launches at `launch` (unix seconds): `<id>/periodic-<launch>`.
+    pub fn periodic_child(&self, launch: i64) -> Job {
+        let mut child = self.clone();
+        child.id = format!("{}/periodic-{launch}", self.id);
+        child.name = child.id.clone();
+        child.parent_id = self.id.clone();
+        child.periodic = None;
+        child.stop = false;
+        child.version = 0;
+        child.job_modify_index = 0;
+        child.create_index = 0;
+        child.modify_index = 0;
+        child
+    }
+
+    /// The child `job dispatch` creates: `<id>/dispatch-<unix secs>-<suffix>` with the given
+    /// metadata merged over the job's and the payload attached.
+    pub fn dispatch_child(
+        &self,
+        now_secs: i64,
+        suffix: &str,
+        meta: &BTreeMap<String, String>,
+        payload: String,
+    ) -> Job {
+        let mut child = self.clone();
+        child.id = format!("{}/dispatch-{now_secs}-{suffix}", self.id);
+        child.name = child.id.clone();
+        child.parent_id = self.id.clone();
+        child.parameterized_job = None;
+        child
+            .meta
+            .extend(meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        child.payload = payload;
+        child.stop = false;
+        child.version = 0;
+        child.job_modify_index = 0;
+        child.create_index = 0;
+        child.modify_index = 0;
+        child
+    }
+
+    /// Check a dispatch request against the job's `parameterized` block; the error names the
+    /// key or rule broken.
+    pub fn check_dispatch(
+        &self,
+        meta: &BTreeMap<String, String>,
+        has_payload: bool,
+    ) -> Result<(), String> {
+        let Some(p) = &self.parameterized_job else {
+            return Err(format!(
+                "job \"{}\" is not parameterized; only parameterized jobs can be dispatched",
+                self.id
+            ));
+        };
+        match p.payload.as_str() {
+            "required" if !has_payload => {
+                return Err("payload is required by the job's parameterized block".into());
+            }
+            "forbidden" if has_payload => {
+                return Err("payload is forbidden by the job's parameterized block".into());
+            }
+            _ => {}
+        }
+        for k in &p.meta_required {
+            if !meta.contains_key(k) {
+                return Err(format!(
+                    "meta key {k:?} is required (meta_required: {})",
+                    p.meta_required.join(", ")
+                ));
+            }
+        }
+        for k in meta.keys() {
+            if !p.meta_required.contains(k) && !p.meta_optional.contains(k) {
+                return Err(format!(
+                    "meta key {k:?} is not allowed (allowed: {})",
+                    p.meta_required
+                        .iter()
+                        .chain(p.meta_optional.iter())
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,10 +17,14 @@ pub struct Node {
     /// `eligible` or `ineligible`.
     pub scheduling_eligibility: String,
     pub drain: bool,
+    /// Set while a drain is in progress.
+    pub drain_strategy: Option<DrainStrategy>,
     pub attributes: BTreeMap<String, String>,
     pub meta: BTreeMap<String, String>,
     pub node_resources: NodeResources,
     pub drivers: BTreeMap<String, DriverInfo>,
+    /// Host volumes the node offers, by name (Nomad's `HostVolumes`).
+    pub host_volumes: BTreeMap<String, ClientHostVolume>,
     /// The address workloads on this node are reached at (host IP).
     pub address: String,
     /// `host:port` of the agent's HTTP endpoint (logs and other node-local reads).
@@ -55,6 +59,29 @@ impl Node {
             .get(name)
             .is_some_and(|d| d.detected && d.healthy)
     }
+}
+
+/// A host volume a node offers (Nomad's `ClientHostVolumeConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ClientHostVolume {
+    pub name: String,
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// How a node drains (Nomad's `DrainStrategy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DrainStrategy {
+    /// Nanoseconds allowed for the drain; 0 means no deadline, negative means force now.
+    pub deadline: i64,
+    /// Leave system jobs' allocations on the node.
+    pub ignore_system_jobs: bool,
+    /// Unix nanos after which remaining allocations are stopped (0 = none).
+    pub force_deadline: i64,
+    /// Unix nanos when the drain started.
+    pub started_at: i64,
 }
 
 /// What a node offers (Nomad's `NodeResources`, simplified to what the scheduler uses).

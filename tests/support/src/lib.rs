@@ -231,6 +231,62 @@ pub fn pids_matching(needles: &[&str]) -> Vec<u32> {
     out
 }
 
+/// Processes whose working directory is inside `dir` (workloads started by agents whose data
+/// directories live there).
+pub fn pids_in_dir(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
+            && cwd.starts_with(dir)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// SIGKILL every process whose working directory is inside `dir`.
+pub fn kill_in_dir(dir: &Path) {
+    for pid in pids_in_dir(dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Remove Docker containers of the nodes whose agent data directories are under `dir` (found
+/// through their `node-id` files and the `com.flotilla.node` label).
+pub fn remove_containers_of(dir: &Path) {
+    if !Path::new("/var/run/docker.sock").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(id) = std::fs::read_to_string(e.path().join("node-id")) else {
+            continue;
+        };
+        let filter = format!("label=com.flotilla.node={}", id.trim());
+        let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        else {
+            continue;
+        };
+        for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+        }
+    }
+}
+
 /// A server and its nodes, each a separate `flotilla` process on its own loopback address.
 pub struct Cluster {
     pub bin: PathBuf,
@@ -238,6 +294,9 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub server: Option<Proc>,
     pub agents: Vec<Proc>,
+    /// Start agents without `--stop-tasks-on-shutdown`, so tasks outlive a stopped agent (to
+    /// test re-attaching). Teardown still removes everything.
+    pub keep_tasks_on_shutdown: bool,
 }
 
 impl Cluster {
@@ -251,6 +310,7 @@ impl Cluster {
                 .expect("temp dir"),
             server: None,
             agents: Vec::new(),
+            keep_tasks_on_shutdown: false,
         }
     }
 
@@ -285,6 +345,11 @@ impl Cluster {
 
     /// Start node `i` (1-based) named `node-i`.
     pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// Start node `i` with extra agent flags (e.g. `--node-class`).
+    pub fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
         let ip = self.net.ip(1 + i as u8);
         let data = self.dir.path().join(format!("agent-{i}"));
         let args: Vec<String> = vec![
@@ -298,6 +363,11 @@ impl Cluster {
             "--address".into(),
             ip.to_string(),
         ];
+        let mut args = args;
+        if !self.keep_tasks_on_shutdown {
+            args.push("--stop-tasks-on-shutdown".into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let p = Proc::spawn(&self.bin, &format!("agent-{i}"), &args, self.dir.path());
         if self.agents.len() >= i {
             self.agents[i - 1] = p;
@@ -312,6 +382,42 @@ impl Cluster {
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["--address", api.as_str()]);
         run(&self.bin, &full, Duration::from_secs(120))
+    }
+
+    /// Node `i`'s process, to kill or restart it.
+    pub fn agent(&mut self, i: usize) -> &mut Proc {
+        &mut self.agents[i - 1]
+    }
+
+    /// Write a jobspec into the cluster's directory; returns its path.
+    pub fn jobspec(&self, name: &str, body: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, body).expect("write jobspec");
+        p.display().to_string()
+    }
+
+    /// Allocations of a job (the API's list stubs).
+    pub async fn allocs(&self, job: &str) -> Vec<serde_json::Value> {
+        get_json(&format!("{}/v1/job/{job}/allocations", self.api()))
+            .await
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Node id → name.
+    pub async fn node_names(&self) -> std::collections::BTreeMap<String, String> {
+        get_json(&format!("{}/v1/nodes", self.api()))
+            .await
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|n| {
+                (
+                    n["ID"].as_str().unwrap_or("").to_string(),
+                    n["Name"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
     }
 
     /// Wait until `n` nodes are ready.
@@ -351,6 +457,9 @@ impl Drop for Cluster {
         if let Some(s) = &mut self.server {
             s.stop(Duration::from_secs(10));
         }
+        // Workloads of agents that were killed (or that keep tasks across restarts).
+        kill_in_dir(self.dir.path());
+        remove_containers_of(self.dir.path());
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }

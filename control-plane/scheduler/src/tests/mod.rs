@@ -1,12 +1,22 @@
+//! Scheduler tests. Every plan made through [`run_at`] is made twice, with and without a
+//! [`UsageIndex`], and the two must agree.
+
+mod constraints;
+mod lifecycle;
+mod ranking;
+mod system;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flotilla_store::{MemStore, Op, State, Store};
 use flotilla_types::*;
 
-use crate::{Env, Plan, schedule};
+use crate::{Algorithm, Env, Plan, UsageIndex, schedule};
 
-fn node(id: &str) -> Node {
+pub(crate) const SEC: i64 = NANOS_PER_SEC;
+
+pub(crate) fn node(id: &str) -> Node {
     let mut drivers = BTreeMap::new();
     drivers.insert(
         "raw_exec".to_string(),
@@ -36,7 +46,7 @@ fn node(id: &str) -> Node {
     }
 }
 
-fn job(count: u32, driver: &str) -> Job {
+pub(crate) fn job(count: u32, driver: &str) -> Job {
     let mut j = Job {
         id: "hello".into(),
         task_groups: vec![TaskGroup {
@@ -66,7 +76,7 @@ fn job(count: u32, driver: &str) -> Job {
     j
 }
 
-fn eval(id: &str) -> Evaluation {
+pub(crate) fn eval(id: &str) -> Evaluation {
     Evaluation {
         id: id.into(),
         namespace: "default".into(),
@@ -76,29 +86,77 @@ fn eval(id: &str) -> Evaluation {
     }
 }
 
-fn run(state: &State, e: &Evaluation) -> Plan {
-    let mut n = 0;
-    let mut new_id = || {
-        n += 1;
-        format!("alloc-{n:04}")
-    };
-    let mut env = Env {
-        now: 1,
-        new_id: &mut new_id,
-        seed: 7,
-    };
-    schedule(state, e, &mut env)
+pub(crate) fn run(state: &State, e: &Evaluation) -> Plan {
+    run_at(state, e, 1, Algorithm::Binpack)
 }
 
-fn apply(store: &MemStore, plan: &Plan) {
+/// Schedule at `now` with fresh ids (`alloc-<run>-<n>`), once reading usage from the state and
+/// once from a [`UsageIndex`]; the plans must be identical.
+pub(crate) fn run_at(state: &State, e: &Evaluation, now: i64, algorithm: Algorithm) -> Plan {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let plan = |index: Option<&UsageIndex>| {
+        let mut n = 0;
+        let mut new_id = || {
+            n += 1;
+            format!("alloc-{run:04}-{n:04}")
+        };
+        let mut env = Env::new(now, &mut new_id, 7);
+        env.algorithm = algorithm;
+        env.usage = index;
+        schedule(state, e, &mut env)
+    };
+    let lazy = plan(None);
+    let index = UsageIndex::new(state);
+    let indexed = plan(Some(&index));
+    assert_eq!(lazy.place, indexed.place, "placements differ with an index");
+    assert_eq!(lazy.stop, indexed.stop);
+    assert_eq!(lazy.updates, indexed.updates);
+    assert_eq!(lazy.followups, indexed.followups);
+    assert_eq!(lazy.failed_tg_allocs, indexed.failed_tg_allocs);
+    lazy
+}
+
+/// Commit a plan as the server does: stops, updates and placements as allocation writes.
+pub(crate) fn apply(store: &MemStore, plan: &Plan) {
     let ops = plan
         .stop
         .iter()
+        .chain(plan.updates.iter())
         .chain(plan.place.iter())
         .cloned()
         .map(Op::PutAlloc)
         .collect();
     store.apply(ops).unwrap();
+}
+
+/// A store holding `nodes` and `job`.
+pub(crate) fn store_with(nodes: Vec<Node>, job: Job) -> MemStore {
+    let store = MemStore::new();
+    let mut ops: Vec<Op> = nodes.into_iter().map(Op::PutNode).collect();
+    ops.push(Op::PutJob(job));
+    store.apply(ops).unwrap();
+    store
+}
+
+/// Node ids of the plan's placements, in order.
+pub(crate) fn placed_on(plan: &Plan) -> Vec<&str> {
+    plan.place.iter().map(|a| a.node_id.as_str()).collect()
+}
+
+/// Rewrite an allocation in the store.
+pub(crate) fn update_alloc(store: &MemStore, id: &str, f: impl FnOnce(&mut Allocation)) {
+    let mut a = (**store.snapshot().alloc(id).unwrap()).clone();
+    f(&mut a);
+    store.apply(vec![Op::PutAlloc(a)]).unwrap();
+}
+
+/// The stored job, changed by `f` (as a new version).
+pub(crate) fn update_job(store: &MemStore, f: impl FnOnce(&mut Job)) {
+    let mut j = (**store.snapshot().job("default", "hello").unwrap()).clone();
+    f(&mut j);
+    j.job_modify_index = 0;
+    store.apply(vec![Op::PutJob(j)]).unwrap();
 }
 
 #[test]
@@ -132,17 +190,35 @@ fn spreads_a_group_over_equal_nodes() {
 
 #[test]
 fn is_deterministic() {
-    let store = MemStore::new();
-    store
-        .apply(vec![
-            Op::PutNode(node("a")),
-            Op::PutNode(node("b")),
-            Op::PutJob(job(5, "raw_exec")),
-        ])
-        .unwrap();
-    let p1 = run(&store.snapshot(), &eval("e1"));
-    let p2 = run(&store.snapshot(), &eval("e1"));
+    let mut j = job(40, "raw_exec");
+    j.task_groups[0].spreads.push(Spread {
+        attribute: "${node.datacenter}".into(),
+        weight: 50,
+        spread_target: vec![],
+    });
+    let nodes: Vec<Node> = (0..30)
+        .map(|i| {
+            let mut n = node(&format!("n{i:02}"));
+            n.datacenter = format!("dc{}", i % 3);
+            n
+        })
+        .collect();
+    let store = store_with(nodes, j);
+    let snap = store.snapshot();
+    let plan = |seed: u64| {
+        let mut n = 0;
+        let mut new_id = || {
+            n += 1;
+            format!("id-{n}")
+        };
+        let mut env = Env::new(5, &mut new_id, seed);
+        schedule(&snap, &eval("e1"), &mut env)
+    };
+    let (p1, p2) = (plan(7), plan(7));
     assert_eq!(p1.place, p2.place);
+    assert_eq!(p1.place.len(), 40);
+    // Another seed tries nodes in another order.
+    assert_ne!(placed_on(&p1), placed_on(&plan(8)));
 }
 
 #[test]
@@ -232,21 +308,58 @@ fn lost_node_allocations_are_replaced_elsewhere() {
 }
 
 #[test]
-fn new_version_replaces_and_scale_down_stops_extras() {
+fn scale_down_stops_extras_and_updates_the_rest_in_place() {
     let store = MemStore::new();
     store
         .apply(vec![Op::PutNode(node("a")), Op::PutJob(job(3, "raw_exec"))])
         .unwrap();
     apply(&store, &run(&store.snapshot(), &eval("e1")));
 
-    let mut j = (**store.snapshot().job("default", "hello").unwrap()).clone();
-    j.task_groups[0].count = 1;
-    j.job_modify_index = 99;
-    store.apply(vec![Op::PutJob(j)]).unwrap();
+    // Only the count changes: Nomad keeps index 0 running and moves it to the new version.
+    update_job(&store, |j| j.task_groups[0].count = 1);
+    let plan = run(&store.snapshot(), &eval("e2"));
+    assert_eq!(plan.stop.len(), 2, "{:?}", plan.stop);
+    assert!(plan.place.is_empty());
+    assert_eq!(plan.updates.len(), 1);
+    assert_eq!(plan.updates[0].name, "hello.web[0]");
+    let new_version = store
+        .snapshot()
+        .job("default", "hello")
+        .unwrap()
+        .job_modify_index;
+    assert_eq!(
+        plan.updates[0].job.as_ref().unwrap().job_modify_index,
+        new_version
+    );
+    apply(&store, &plan);
+    assert!(run(&store.snapshot(), &eval("e3")).is_noop());
+}
+
+#[test]
+fn destructive_change_replaces() {
+    let store = MemStore::new();
+    store
+        .apply(vec![Op::PutNode(node("a")), Op::PutJob(job(3, "raw_exec"))])
+        .unwrap();
+    apply(&store, &run(&store.snapshot(), &eval("e1")));
+
+    update_job(&store, |j| {
+        j.task_groups[0].count = 1;
+        j.task_groups[0].tasks[0]
+            .env
+            .insert("VERSION".into(), "2".into());
+    });
     let plan = run(&store.snapshot(), &eval("e2"));
     assert_eq!(plan.stop.len(), 3, "{:?}", plan.stop);
     assert_eq!(plan.place.len(), 1);
     assert_eq!(plan.place[0].name, "hello.web[0]");
+    assert!(plan.updates.is_empty());
+    let updating = plan
+        .stop
+        .iter()
+        .filter(|a| a.desired_description == "alloc is being updated due to job update")
+        .count();
+    assert_eq!(updating, 1);
 }
 
 #[test]
@@ -275,7 +388,6 @@ fn conflicts_catch_a_stale_plan() {
         problems.iter().any(|p| p.contains("port 8081")),
         "{problems:?}"
     );
-    let _ = Arc::new(());
 }
 
 #[test]
