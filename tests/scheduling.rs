@@ -146,6 +146,56 @@ async fn placement_rules_system_batch_and_node_loss() {
     )
     .await;
 
+    // (Its distinct_hosts instances would have nowhere to go during the drain below.)
+    let out = c.cli(&["job", "stop", "spread"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
+    // Eligibility: an ineligible node gets no new placements; draining moves work off a node.
+    let out = c.cli(&["node", "eligibility", "-disable", "node-2"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let spread_ineligible = c.jobspec("five.hcl", &sleep_job("five", "service", 6, ""));
+    let out = c.cli(&["job", "run", &spread_ineligible]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let nodes = nodes_of(&c, "five").await;
+    assert!(
+        !nodes.iter().any(|n| n == "node-2"),
+        "no new placement on an ineligible node: {nodes:?}"
+    );
+    let out = c.cli(&["node", "eligibility", "-enable", "node-2"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let before: usize = nodes_of(&c, "five")
+        .await
+        .iter()
+        .filter(|n| *n == "node-3")
+        .count();
+    assert!(before > 0, "some instances of \"five\" run on node-3");
+    let out = c.cli(&[
+        "node",
+        "drain",
+        "-enable",
+        "-yes",
+        "-ignore-system",
+        "node-3",
+    ]);
+    assert_eq!(out.code, 0, "drain:\n{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("drain complete"), "{}", out.stdout);
+    eventually(
+        "all six instances running off the drained node",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            async move {
+                let after = nodes_of(c, "five").await;
+                (after.len() == 6 && !after.iter().any(|n| n == "node-3")).then_some(())
+            }
+        },
+    )
+    .await;
+    let out = c.cli(&["node", "drain", "-disable", "node-3"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let out = c.cli(&["job", "stop", "five"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+
     // A batch job runs once to completion and is not restarted.
     let batch = c.jobspec(
         "batch.hcl",
@@ -191,6 +241,96 @@ async fn placement_rules_system_batch_and_node_loss() {
         .await
         .unwrap();
     assert_eq!(status["Status"], "dead", "{status:#}");
+
+    // Parameterized jobs run per dispatch; periodic jobs can be forced.
+    let param = c.jobspec(
+        "param.hcl",
+        r#"job "resize" {
+  type = "batch"
+  parameterized {
+    meta_required = ["size"]
+  }
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "sh"
+        args    = ["-c", "echo size=${NOMAD_META_size}"]
+      }
+    }
+  }
+}
+"#,
+    );
+    let out = c.cli(&["job", "run", "--detach", &param]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let out = c.cli(&["job", "dispatch", "resize"]);
+    assert_ne!(out.code, 0, "missing required meta must be refused");
+    assert!(out.stderr.contains("size"), "{}", out.stderr);
+    let out = c.cli(&["job", "dispatch", "-meta", "size=10", "-detach", "resize"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let child = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Dispatched Job ID = "))
+        .expect("dispatched job id")
+        .trim()
+        .to_string();
+    eventually(
+        "dispatched child completes",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            let child = child.clone();
+            async move {
+                let allocs = c.allocs(&child).await;
+                (allocs.len() == 1 && allocs[0]["ClientStatus"] == "complete").then_some(())
+            }
+        },
+    )
+    .await;
+    let periodic = c.jobspec(
+        "cron.hcl",
+        r#"job "nightly" {
+  type = "batch"
+  periodic {
+    crons            = ["0 3 * * *"]
+    prohibit_overlap = true
+  }
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "true"
+      }
+    }
+  }
+}
+"#,
+    );
+    let out = c.cli(&["job", "run", "--detach", &periodic]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let out = c.cli(&["job", "periodic", "force", "-detach", "nightly"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    eventually(
+        "forced periodic child completes",
+        Duration::from_secs(30),
+        || {
+            let api = c.api();
+            let c = &c;
+            async move {
+                let jobs = flotilla_test_support::get_json(&format!("{api}/v1/jobs")).await?;
+                let child = jobs.as_array()?.iter().find(|j| {
+                    j["ID"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("nightly/periodic-"))
+                })?;
+                let allocs = c.allocs(child["ID"].as_str()?).await;
+                (allocs.len() == 1 && allocs[0]["ClientStatus"] == "complete").then_some(())
+            }
+        },
+    )
+    .await;
 
     // Node loss: run the web example, kill -9 the agent of one of its instances.
     let hello = format!("{}/examples/hello.hcl", env!("CARGO_MANIFEST_DIR"));

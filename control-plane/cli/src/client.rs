@@ -4,6 +4,21 @@ use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// A path segment with `/` and other reserved characters escaped (periodic and dispatched
+/// children have ids like `report/periodic-1700000000`).
+pub fn seg(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// A small client for the v1 HTTP API.
 #[derive(Clone)]
 pub struct Client {

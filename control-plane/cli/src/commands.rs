@@ -5,7 +5,7 @@ use clap::Subcommand;
 use flotilla_types::*;
 use futures::StreamExt;
 
-use crate::client::Client;
+use crate::client::{Client, seg};
 use crate::monitor;
 use crate::table;
 
@@ -333,7 +333,7 @@ pub async fn run_job(client: &Client, cmd: JobCmd) -> anyhow::Result<i32> {
         },
         JobCmd::Inspect { id } => {
             let (job, _): (serde_json::Value, _) =
-                client.get(&format!("/v1/job/{id}"), None).await?;
+                client.get(&format!("/v1/job/{}", seg(&id)), None).await?;
             print_json(&serde_json::json!({ "Job": job }))?;
             Ok(0)
         }
@@ -361,7 +361,7 @@ pub async fn run_job(client: &Client, cmd: JobCmd) -> anyhow::Result<i32> {
                 "Meta": meta.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             });
             let resp: serde_json::Value = client
-                .post(&format!("/v1/job/{id}/dispatch"), &body)
+                .post(&format!("/v1/job/{}/dispatch", seg(&id)), &body)
                 .await?;
             let child = resp["DispatchedJobID"]
                 .as_str()
@@ -387,7 +387,7 @@ pub async fn run_job(client: &Client, cmd: JobCmd) -> anyhow::Result<i32> {
         JobCmd::Periodic(PeriodicCmd::Force { id, detach }) => {
             let resp: serde_json::Value = client
                 .post(
-                    &format!("/v1/job/{id}/periodic/force"),
+                    &format!("/v1/job/{}/periodic/force", seg(&id)),
                     &serde_json::json!({}),
                 )
                 .await?;
@@ -432,9 +432,9 @@ pub async fn run_job(client: &Client, cmd: JobCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         JobCmd::Status { id: Some(id), json } => {
-            let (job, _): (Job, _) = client.get(&format!("/v1/job/{id}"), None).await?;
+            let (job, _): (Job, _) = client.get(&format!("/v1/job/{}", seg(&id)), None).await?;
             let (allocs, _): (Vec<AllocListStub>, _) = client
-                .get(&format!("/v1/job/{id}/allocations"), None)
+                .get(&format!("/v1/job/{}/allocations", seg(&id)), None)
                 .await?;
             if json {
                 return print_json(&serde_json::json!({"Job": job, "Allocations": allocs}))
@@ -486,7 +486,10 @@ pub async fn run_job(client: &Client, cmd: JobCmd) -> anyhow::Result<i32> {
             json,
         } => {
             let resp: JobRegisterResponse = client
-                .delete(&format!("/v1/job/{id}"), &[("purge", purge.to_string())])
+                .delete(
+                    &format!("/v1/job/{}", seg(&id)),
+                    &[("purge", purge.to_string())],
+                )
                 .await?;
             if json {
                 print_json(&resp)?;
@@ -978,7 +981,7 @@ async fn plan(
     let job = p.job;
     let resp: serde_json::Value = client
         .post(
-            &format!("/v1/job/{}/plan", job.id),
+            &format!("/v1/job/{}/plan", seg(&job.id)),
             &serde_json::json!({"Job": job, "Diff": true}),
         )
         .await?;

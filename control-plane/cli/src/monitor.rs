@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use flotilla_types::*;
 
-use crate::client::Client;
+use crate::client::{Client, seg};
 
 fn stamp() -> String {
     let secs = std::time::SystemTime::now()
@@ -98,14 +98,17 @@ pub async fn run(
     );
 
     let (job, _): (Job, u64) = client
-        .get(&format!("/v1/job/{job_id}?namespace={namespace}"), None)
+        .get(
+            &format!("/v1/job/{}?namespace={namespace}", seg(job_id)),
+            None,
+        )
         .await?;
     let mut index = None;
     let mut last_line = BTreeMap::new();
     loop {
         let (allocs, i): (Vec<AllocListStub>, u64) = client
             .get(
-                &format!("/v1/job/{job_id}/allocations?namespace={namespace}"),
+                &format!("/v1/job/{}/allocations?namespace={namespace}", seg(job_id)),
                 index,
             )
             .await?;
@@ -242,7 +245,7 @@ pub async fn stop(
     let mut index = None;
     loop {
         let (allocs, i): (Vec<AllocListStub>, u64) = client
-            .get(&format!("/v1/job/{job_id}/allocations"), index)
+            .get(&format!("/v1/job/{}/allocations", seg(job_id)), index)
             .await?;
         index = Some(i);
         let live = allocs

@@ -93,6 +93,17 @@ impl<'a> Env<'a> {
 /// Plan the work of `eval` against `state`.
 pub fn schedule(state: &State, eval: &Evaluation, env: &mut Env<'_>) -> Plan {
     let job = state.job(&eval.namespace, &eval.job_id).cloned();
+    // Periodic and parameterized jobs are templates: their children run, they never do. Treat
+    // them as stopped, so any allocation they somehow have is stopped too.
+    let job = job.map(|j| {
+        if j.is_periodic() || j.is_parameterized() {
+            let mut t = (*j).clone();
+            t.stop = true;
+            std::sync::Arc::new(t)
+        } else {
+            j
+        }
+    });
     match job {
         Some(job)
             if !job.stop

@@ -398,10 +398,14 @@ impl Cluster {
 
     /// Allocations of a job (the API's list stubs).
     pub async fn allocs(&self, job: &str) -> Vec<serde_json::Value> {
-        get_json(&format!("{}/v1/job/{job}/allocations", self.api()))
-            .await
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
+        get_json(&format!(
+            "{}/v1/job/{}/allocations",
+            self.api(),
+            job.replace('/', "%2F")
+        ))
+        .await
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
     }
 
     /// Node id → name.

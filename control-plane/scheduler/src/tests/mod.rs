@@ -408,3 +408,26 @@ fn ineligible_and_other_dc_nodes_are_skipped() {
     assert_eq!(m.nodes_evaluated, 1);
     assert!(m.describe().contains("dc2"), "{}", m.describe());
 }
+
+#[test]
+fn periodic_and_parameterized_parents_never_run() {
+    for template in ["periodic", "parameterized"] {
+        let mut j = job(2, "raw_exec");
+        if template == "periodic" {
+            j.periodic = Some(PeriodicConfig {
+                enabled: true,
+                spec: "0 3 * * *".into(),
+                ..Default::default()
+            });
+        } else {
+            j.parameterized_job = Some(ParameterizedJobConfig::default());
+        }
+        let store = store_with(vec![node("a")], j);
+        let plan = run(&store.snapshot(), &eval("e1"));
+        assert!(
+            plan.place.is_empty(),
+            "{template} parent placed: {:?}",
+            plan.place
+        );
+    }
+}
