@@ -49,15 +49,7 @@ fn node_evals(
     trigger: &str,
     now: i64,
 ) -> Vec<Evaluation> {
-    state
-        .jobs_affected_by_node(node_id)
-        .iter()
-        .map(|job| {
-            let mut e = Evaluation::for_job(job, trigger, new_id(), now);
-            e.node_id = node_id.to_string();
-            e
-        })
-        .collect()
+    state.node_change_evals(node_id, trigger, now, new_id)
 }
 
 fn respond(index: u64, evals: &[Evaluation]) -> Response {
@@ -166,16 +158,7 @@ pub async fn eligibility(
     let mut ops = vec![Op::PutNode(n)];
     ops.extend(evals.iter().cloned().map(Op::PutEval));
     if req.eligibility == NODE_ELIGIBLE {
-        for e in state
-            .evals
-            .values()
-            .filter(|e| e.status == EVAL_STATUS_BLOCKED)
-        {
-            let mut e = (**e).clone();
-            e.status = EVAL_STATUS_PENDING.to_string();
-            e.modify_time = now;
-            ops.push(Op::PutEval(e));
-        }
+        ops.extend(state.unblock_ops(now));
     }
     let index = api.store.apply(ops)?;
     Ok(respond(index, &evals))

@@ -111,6 +111,25 @@ pub struct ExitResult {
 }
 
 impl ExitResult {
+    /// Wait until a handle's waiter publishes the exit on `exit`. If the waiter vanished (the
+    /// runtime is shutting down), report that `what` was lost track of.
+    pub async fn wait_on(
+        exit: &tokio::sync::watch::Receiver<Option<ExitResult>>,
+        what: &str,
+    ) -> ExitResult {
+        let mut rx = exit.clone();
+        let waited = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|d| d.clone());
+        waited.unwrap_or(ExitResult {
+            exit_code: -1,
+            signal: 0,
+            error: Some(format!("lost track of the {what}")),
+        })
+    }
+
     /// Exited with code 0, not killed, no driver error.
     pub fn successful(&self) -> bool {
         self.exit_code == 0 && self.signal == 0 && self.error.is_none()

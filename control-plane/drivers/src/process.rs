@@ -524,18 +524,7 @@ impl TaskHandle for ProcessHandle {
     }
 
     async fn wait(&self) -> ExitResult {
-        let mut rx = self.exit.clone();
-        let waited = rx
-            .wait_for(Option::is_some)
-            .await
-            .ok()
-            .and_then(|d| d.clone());
-        // None: the waiter task vanished (runtime shutting down).
-        waited.unwrap_or(ExitResult {
-            exit_code: -1,
-            signal: 0,
-            error: Some("lost track of the process".into()),
-        })
+        ExitResult::wait_on(&self.exit, "process").await
     }
 
     fn try_exit(&self) -> Option<ExitResult> {

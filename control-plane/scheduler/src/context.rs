@@ -282,6 +282,34 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// Move allocation `a` of group `g` to the job's new version in place if its node still
+    /// suits the group (into `plan.updates`). Otherwise stop it with `why`, release what it
+    /// held, and hand it back so the caller may place a replacement.
+    pub(crate) fn update_in_place(
+        &mut self,
+        a: Arc<Allocation>,
+        g: usize,
+        why: &str,
+        now: i64,
+        plan: &mut crate::Plan,
+    ) -> Option<Arc<Allocation>> {
+        let state = self.state;
+        let keeps = state
+            .node(&a.node_id)
+            .is_some_and(|n| self.statically_feasible(n, g));
+        if keeps {
+            let mut updated = (*a).clone();
+            updated.job = Some(self.job.clone());
+            updated.modify_time = now;
+            plan.updates.push(updated);
+            return None;
+        }
+        plan.stop
+            .push(crate::stopped(&a, ALLOC_DESIRED_STOP, why.to_string(), now));
+        self.release(&a);
+        Some(a)
+    }
+
     /// `live` are the job's allocations that hold resources; the ones the plan stops are then
     /// given to [`Ctx::release`].
     pub(crate) fn new(

@@ -52,22 +52,7 @@ pub(crate) fn schedule(
         let Some(g) = job.task_groups.iter().position(|t| t.name == a.task_group) else {
             continue;
         };
-        let keeps = state
-            .node(&a.node_id)
-            .is_some_and(|n| ctx.statically_feasible(n, g));
-        if keeps {
-            let mut updated = (*a).clone();
-            updated.job = Some(job.clone());
-            updated.modify_time = env.now;
-            plan.updates.push(updated);
-        } else {
-            plan.stop.push(stopped(
-                &a,
-                ALLOC_DESIRED_STOP,
-                DESC_UPDATING.to_string(),
-                env.now,
-            ));
-            ctx.release(&a);
+        if let Some(a) = ctx.update_in_place(a, g, DESC_UPDATING, env.now, &mut plan) {
             place.push(Placement {
                 group: a.task_group.clone(),
                 index: a.index().unwrap_or(0),

@@ -168,23 +168,7 @@ pub(crate) fn schedule(state: &State, job: Arc<Job>, eval: &Evaluation, env: &mu
         ctx.release(a);
     }
     for (a, g) in inplace {
-        let keeps = state
-            .node(&a.node_id)
-            .is_some_and(|n| ctx.statically_feasible(n, g));
-        if keeps {
-            let mut updated = (*a).clone();
-            updated.job = Some(job.clone());
-            updated.modify_time = env.now;
-            plan.updates.push(updated);
-        } else {
-            plan.stop.push(stopped(
-                &a,
-                ALLOC_DESIRED_STOP,
-                DESC_NOT_NEEDED.to_string(),
-                env.now,
-            ));
-            ctx.release(&a);
-        }
+        ctx.update_in_place(a, g, DESC_NOT_NEEDED, env.now, &mut plan);
     }
     for w in wants {
         let Some(i) = ctx.find(w.node_id) else {

@@ -75,20 +75,21 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 || e.meta != n.meta
                 || e.node_class != n.node_class
         });
+        let now = crate::now_nanos();
         let mut ops = vec![Op::PutNode(n)];
         if changed {
             // System jobs belong on this node too; its own jobs may need a look.
-            let now = crate::now_nanos();
-            for job in state.jobs_affected_by_node(&id) {
-                let mut e = crate::new_eval(&job, TRIGGER_NODE_UPDATE, now);
-                e.node_id = id.clone();
-                ops.push(Op::PutEval(e));
-            }
+            ops.extend(
+                state
+                    .node_change_evals(&id, TRIGGER_NODE_UPDATE, now, crate::new_id)
+                    .into_iter()
+                    .map(Op::PutEval),
+            );
         }
+        // New or returning capacity: blocked evaluations get another chance.
+        ops.extend(state.unblock_ops(now));
         let index = self.store.apply(ops).map_err(internal)?;
         self.heartbeats.reset(&id);
-        // New or returning capacity: blocked evaluations get another chance.
-        crate::applier::unblock_all(&*self.store).map_err(internal)?;
         Ok(Response::new(pb::RegisterResponse {
             heartbeat_ttl_ms: self.ttl_ms(),
             index,

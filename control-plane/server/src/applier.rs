@@ -105,26 +105,3 @@ pub fn fail(store: &dyn Store, eval: &Evaluation, why: &str) -> Result<(), Store
     e.modify_time = crate::now_nanos();
     store.apply(vec![Op::PutEval(e)]).map(|_| ())
 }
-
-/// Turn every blocked evaluation into a pending one: capacity may have appeared (a node joined
-/// or came back).
-pub fn unblock_all(store: &dyn Store) -> Result<(), StoreError> {
-    let state = store.snapshot();
-    let now = crate::now_nanos();
-    let mut ops = Vec::new();
-    for e in state
-        .evals
-        .values()
-        .filter(|e| e.status == EVAL_STATUS_BLOCKED)
-    {
-        let mut e = (**e).clone();
-        e.status = EVAL_STATUS_PENDING.to_string();
-        e.triggered_by = TRIGGER_QUEUED_ALLOCS.to_string();
-        e.modify_time = now;
-        ops.push(Op::PutEval(e));
-    }
-    if ops.is_empty() {
-        return Ok(());
-    }
-    store.apply(ops).map(|_| ())
-}

@@ -101,11 +101,12 @@ pub fn mark_down(
             ops.push(Op::DeleteService(svc.id.clone()));
         }
     }
-    for job in state.jobs_affected_by_node(node_id) {
-        let mut e = crate::new_eval(&job, TRIGGER_NODE_UPDATE, now);
-        e.node_id = node_id.to_string();
-        ops.push(Op::PutEval(e));
-    }
+    ops.extend(
+        state
+            .node_change_evals(node_id, TRIGGER_NODE_UPDATE, now, crate::new_id)
+            .into_iter()
+            .map(Op::PutEval),
+    );
     info!(node = %node.name, id = %node_id, reason = why, "node down");
     store.apply(ops).map(|_| ())
 }

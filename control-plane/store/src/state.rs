@@ -148,6 +148,41 @@ impl State {
             .collect()
     }
 
+    /// An evaluation (with `node_id` set) for every job [affected](Self::jobs_affected_by_node)
+    /// by a change of node `node_id`.
+    pub fn node_change_evals(
+        &self,
+        node_id: &str,
+        trigger: &str,
+        now: i64,
+        mut new_id: impl FnMut() -> String,
+    ) -> Vec<flotilla_types::Evaluation> {
+        self.jobs_affected_by_node(node_id)
+            .iter()
+            .map(|job| {
+                let mut e = flotilla_types::Evaluation::for_job(job, trigger, new_id(), now);
+                e.node_id = node_id.to_string();
+                e
+            })
+            .collect()
+    }
+
+    /// Writes turning every blocked evaluation back into a pending one: capacity may have
+    /// appeared (a node joined, came back or became eligible).
+    pub fn unblock_ops(&self, now: i64) -> Vec<Op> {
+        self.evals
+            .values()
+            .filter(|e| e.status == flotilla_types::EVAL_STATUS_BLOCKED)
+            .map(|e| {
+                let mut e = (**e).clone();
+                e.status = flotilla_types::EVAL_STATUS_PENDING.to_string();
+                e.triggered_by = flotilla_types::TRIGGER_QUEUED_ALLOCS.to_string();
+                e.modify_time = now;
+                Op::PutEval(e)
+            })
+            .collect()
+    }
+
     /// Catalog registrations of one allocation's services.
     pub fn services_by_alloc<'a>(
         &'a self,

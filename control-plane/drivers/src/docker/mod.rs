@@ -598,17 +598,7 @@ impl TaskHandle for ContainerHandle {
     }
 
     async fn wait(&self) -> ExitResult {
-        let mut rx = self.exit.clone();
-        let waited = rx
-            .wait_for(Option::is_some)
-            .await
-            .ok()
-            .and_then(|d| d.clone());
-        waited.unwrap_or(ExitResult {
-            exit_code: -1,
-            signal: 0,
-            error: Some("lost track of the container".into()),
-        })
+        ExitResult::wait_on(&self.exit, "container").await
     }
 
     fn try_exit(&self) -> Option<ExitResult> {
