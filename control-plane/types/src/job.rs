@@ -270,9 +270,74 @@ pub struct Service {
     pub checks: Vec<ServiceCheck>,
     /// `nomad` (the built-in catalog) or `consul`; Flotilla's catalog serves both.
     pub provider: String,
+    /// Mesh settings (Nomad's `connect` block); `None` when the service declares none.
+    pub connect: Option<ConsulConnect>,
+}
+
+/// A service's `connect` block (Nomad's `structs.ConsulConnect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ConsulConnect {
+    /// The app speaks mTLS itself; no sidecar listeners are opened for it.
+    pub native: bool,
+    pub sidecar_service: Option<ConsulSidecarService>,
+}
+
+/// `connect { sidecar_service { ... } }`: the node proxy acts as the service's sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ConsulSidecarService {
+    pub tags: Vec<String>,
+    /// Accepted for compatibility; the node proxy's single inbound port serves every sidecar.
+    pub port: String,
+    pub proxy: Option<ConsulProxy>,
+}
+
+/// `sidecar_service { proxy { ... } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ConsulProxy {
+    pub upstreams: Vec<ConsulUpstream>,
+}
+
+/// One `upstreams` block: a local port the app connects to, carried to `destination_name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ConsulUpstream {
+    pub destination_name: String,
+    /// Empty means the job's own namespace.
+    pub destination_namespace: String,
+    pub local_bind_port: u16,
+    /// Empty means `127.0.0.1`.
+    pub local_bind_address: String,
+    pub datacenter: String,
+}
+
+/// The address upstream listeners bind when `local_bind_address` is empty.
+pub const DEFAULT_UPSTREAM_BIND_ADDRESS: &str = "127.0.0.1";
+
+impl ConsulUpstream {
+    /// `local_bind_address`, or the loopback default.
+    pub fn bind_address(&self) -> &str {
+        if self.local_bind_address.is_empty() {
+            DEFAULT_UPSTREAM_BIND_ADDRESS
+        } else {
+            &self.local_bind_address
+        }
+    }
 }
 
 impl Service {
+    /// The upstreams of this service's sidecar, if it has any.
+    pub fn upstreams(&self) -> &[ConsulUpstream] {
+        self.connect
+            .as_ref()
+            .and_then(|c| c.sidecar_service.as_ref())
+            .and_then(|s| s.proxy.as_ref())
+            .map(|p| p.upstreams.as_slice())
+            .unwrap_or(&[])
+    }
+
     fn canonicalize(&mut self) {
         if self.provider.is_empty() {
             self.provider = "nomad".to_string();

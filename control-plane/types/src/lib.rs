@@ -12,6 +12,7 @@
 mod alloc;
 mod eval;
 mod job;
+mod mesh;
 mod node;
 mod policy;
 mod service;
@@ -19,6 +20,7 @@ mod service;
 pub use alloc::*;
 pub use eval::*;
 pub use job::*;
+pub use mesh::*;
 pub use node::*;
 pub use policy::*;
 pub use service::*;
