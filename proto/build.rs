@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "flotilla/agent/v1/agent.proto",
         "flotilla/discovery/v1/discovery.proto",
+        "flotilla/ca/v1/ca.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -128,9 +128,13 @@ pub async fn start(
     };
     info!(node = %addrs.node_id, ingress = %addrs.ingress, inbound = %addrs.inbound, "node started");
     let server = args.server.clone();
-    let node_id = addrs.node_id.clone();
+    let node = flotilla_proxy::NodeIdentity {
+        node_id: addrs.node_id.clone(),
+        node_secret: agent.node_secret().to_string(),
+        datacenter: args.datacenter.clone(),
+    };
     let handle = tokio::spawn(async move {
-        let proxy_task = proxy.run(node_id, server, crate::signals::wait(shutdown.clone()));
+        let proxy_task = proxy.run(node, server, crate::signals::wait(shutdown.clone()));
         let agent_task = agent.run(crate::signals::wait(shutdown));
         let (p, a) = tokio::join!(proxy_task, agent_task);
         p.context("node proxy")?;

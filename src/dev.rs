@@ -33,6 +33,10 @@ pub struct DevArgs {
     pub inbound_port: u16,
     #[arg(long, default_value_t = 19000)]
     pub admin_port: u16,
+    /// Mesh connections no intention matches: `allow` (the dev default, so examples work out of
+    /// the box) or `deny` (the server's default).
+    #[arg(long, default_value = "allow", value_parser = ["allow", "deny"])]
+    pub default_intention: String,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -55,6 +59,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         rpc_addr: (args.address, args.rpc_port).into(),
         heartbeat_ttl: Duration::from_secs(10),
         workers: 2,
+        trust_domain: None,
+        ca_leaf_ttl: Duration::from_secs(72 * 3600),
+        ca_cert: None,
+        ca_key: None,
+        default_intention: flotilla_types::IntentionAction::parse(&args.default_intention)
+            .unwrap_or(flotilla_types::IntentionAction::Allow),
     };
     let (server, server_task) = crate::server::start(&server_args, shutdown.clone()).await?;
     let agent_args = AgentArgs {

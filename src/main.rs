@@ -29,6 +29,10 @@ enum Command {
     Service(ServiceArgs),
     /// Inspect evaluations.
     Eval(EvalArgs),
+    /// Allow or deny service-to-service connections in the mesh.
+    Intention(IntentionArgs),
+    /// Inspect and rotate the mesh's certificate authority.
+    Ca(CaArgs),
     /// The example workload: an HTTP server answering with its allocation id and node.
     DemoApp(DemoArgs),
 }
@@ -62,6 +66,8 @@ verb_args!(AllocArgs, flotilla_cli::AllocCmd);
 verb_args!(NodeArgs, flotilla_cli::NodeCmd);
 verb_args!(ServiceArgs, flotilla_cli::ServiceCmd);
 verb_args!(EvalArgs, flotilla_cli::EvalCmd);
+verb_args!(IntentionArgs, flotilla_cli::IntentionCmd);
+verb_args!(CaArgs, flotilla_cli::CaCmd);
 
 fn main() -> std::process::ExitCode {
     let args = flotilla_cli::normalize_args(std::env::args());
@@ -117,6 +123,13 @@ fn main() -> std::process::ExitCode {
             Command::Service(a) => {
                 flotilla_cli::run_service(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd)
                     .await
+            }
+            Command::Intention(a) => {
+                flotilla_cli::run_intention(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd)
+                    .await
+            }
+            Command::Ca(a) => {
+                flotilla_cli::run_ca(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd).await
             }
         }
     });

@@ -30,6 +30,52 @@ pub struct ServerArgs {
     /// Scheduler workers planning in parallel.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// SPIFFE trust domain of the mesh CA, fixed at first start (default: `<random>.flotilla`).
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    /// Lifetime of workload certificates; proxies renew them at about half of it.
+    #[arg(long, default_value = "72h", value_parser = parse_leaf_ttl)]
+    pub ca_leaf_ttl: Duration,
+    /// PEM file of an operator-supplied CA root certificate, used on first start.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM file of that root's private key.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// What happens to a mesh connection no intention matches: `allow` or `deny`.
+    #[arg(long, default_value = "deny", value_parser = parse_intention_action)]
+    pub default_intention: flotilla_types::IntentionAction,
+}
+
+fn parse_leaf_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(10) {
+        return Err(format!("{s} is too short: a leaf certificate lives at least 10s"));
+    }
+    Ok(d)
+}
+
+fn parse_intention_action(s: &str) -> Result<flotilla_types::IntentionAction, String> {
+    flotilla_types::IntentionAction::parse(s)
+        .ok_or_else(|| format!("{s:?} is not an intention action (expected allow or deny)"))
+}
+
+impl ServerArgs {
+    /// The CA settings from the flags, reading the root files if given.
+    fn ca_config(&self) -> anyhow::Result<flotilla_server::ca_service::CaConfig> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let root = match (&self.ca_cert, &self.ca_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        };
+        Ok(flotilla_server::ca_service::CaConfig {
+            trust_domain: self.trust_domain.clone(),
+            leaf_ttl: self.ca_leaf_ttl,
+            root,
+        })
+    }
 }
 
 /// Addresses a started server listens on.
@@ -66,6 +112,17 @@ pub async fn start(
         workers: args.workers,
         ..Default::default()
     };
+    let ca = flotilla_server::ca_service::bootstrap(&*store, &args.ca_config()?)
+        .context("starting the mesh CA")?;
+    let mesh = flotilla_types::MeshConfig {
+        default_intention: args.default_intention,
+    };
+    if store.snapshot().mesh != mesh {
+        store
+            .apply(vec![flotilla_store::Op::PutMeshConfig(mesh)])
+            .context("storing the mesh config")?;
+    }
+    info!(trust_domain = %ca.trust_domain, default_intention = args.default_intention.as_str(), "mesh CA ready");
     let core = Core::start(store.clone(), config, shutdown.clone());
     let api = flotilla_api::router(flotilla_api::ApiState {
         store: store.clone(),
@@ -77,6 +134,7 @@ pub async fn start(
     let grpc = tonic::transport::Server::builder()
         .add_service(core.agent_service())
         .add_service(flotilla_xds::DiscoveryServer::new(store.clone()))
+        .add_service(flotilla_server::ca_service::CaApi::new(store.clone()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(rpc),
             crate::signals::wait(shutdown.clone()),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use flotilla_proto::agent::v1 as pb;
+use flotilla_types::ConsulUpstream;
 use serde_json::Value;
 
 /// What interpolation may read about the node (`${node.*}`, `${attr.*}`, `${meta.*}`).
@@ -153,12 +154,14 @@ fn env_key(key: &str) -> String {
 
 /// The complete environment of `task`: the `NOMAD_*` variables, then the task's own `env`
 /// block with its values interpolated (the task's block wins over the generated variables).
-/// `dirs` says where the task sees its directories.
+/// `dirs` says where the task sees its directories; `upstreams` are the Connect upstreams of
+/// the group's services (group- and task-level), which every task of the group sees.
 pub fn task_env(
     alloc: &pb::Allocation,
     task: &pb::Task,
     node: &NodeContext,
     dirs: &DirView,
+    upstreams: &[ConsulUpstream],
 ) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     let mut set = |k: &str, v: String| {
@@ -216,6 +219,10 @@ pub fn task_env(
         );
     }
 
+    for (k, v) in upstream_env(upstreams) {
+        set(&k, v);
+    }
+
     // Job, then group, then task meta: later levels win.
     let mut meta: BTreeMap<&str, &str> = BTreeMap::new();
     for level in [&alloc.job_meta, &alloc.group_meta, &task.meta] {
@@ -238,6 +245,26 @@ pub fn task_env(
         env.insert(k.clone(), interpolate(v, &generated, node));
     }
     env
+}
+
+/// Nomad's variables for Connect upstreams: `NOMAD_UPSTREAM_ADDR_<name>` (`ip:port`),
+/// `NOMAD_UPSTREAM_IP_<name>` and `NOMAD_UPSTREAM_PORT_<name>`, where the listener the node
+/// proxy opens for the upstream binds. `<name>` is the destination with the characters that
+/// port labels may not have in variable names replaced by `_` (`my-db` → `my_db`).
+pub fn upstream_env(upstreams: &[ConsulUpstream]) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(upstreams.len() * 3);
+    for u in upstreams {
+        let name = env_key(&u.destination_name);
+        let ip = u.bind_address();
+        let port = u32::from(u.local_bind_port);
+        out.push((
+            format!("NOMAD_UPSTREAM_ADDR_{name}"),
+            join_host_port(ip, port),
+        ));
+        out.push((format!("NOMAD_UPSTREAM_IP_{name}"), ip.to_string()));
+        out.push((format!("NOMAD_UPSTREAM_PORT_{name}"), port.to_string()));
+    }
+    out
 }
 
 fn non_empty(value: &str, default: &str) -> String {
@@ -431,7 +458,7 @@ mod tests {
     #[test]
     fn env_has_nomads_variables() {
         let dirs = TaskDirs::new(Path::new("/data"), "0123456789abcdef", "server");
-        let env = task_env(&alloc(), &task(), &node(), &dirs.host_view());
+        let env = task_env(&alloc(), &task(), &node(), &dirs.host_view(), &[]);
         let get = |k: &str| env.get(k).map(String::as_str).unwrap_or("<missing>");
         assert_eq!(get("NOMAD_ALLOC_ID"), "0123456789abcdef");
         assert_eq!(get("NOMAD_SHORT_ALLOC_ID"), "01234567");
@@ -480,10 +507,45 @@ mod tests {
         assert_eq!(get("NOMAD_DC"), "overridden");
 
         // In a container the directories are where the driver mounts them.
-        let env = task_env(&alloc(), &task(), &node(), &DirView::container());
+        let env = task_env(&alloc(), &task(), &node(), &DirView::container(), &[]);
         assert_eq!(env["NOMAD_ALLOC_DIR"], "/alloc");
         assert_eq!(env["NOMAD_TASK_DIR"], "/local");
         assert_eq!(env["NOMAD_SECRETS_DIR"], "/secrets");
+    }
+
+    #[test]
+    fn upstreams_are_in_every_tasks_environment() {
+        let upstreams = [
+            ConsulUpstream {
+                destination_name: "my-db".into(),
+                local_bind_port: 5432,
+                ..Default::default()
+            },
+            ConsulUpstream {
+                destination_name: "cache.v2".into(),
+                local_bind_port: 6379,
+                local_bind_address: "::1".into(),
+                ..Default::default()
+            },
+        ];
+        let mut task = task();
+        task.env.insert(
+            "DB".into(),
+            "postgres://${NOMAD_UPSTREAM_ADDR_my_db}/app".into(),
+        );
+        let env = task_env(&alloc(), &task, &node(), &DirView::container(), &upstreams);
+        let get = |k: &str| env.get(k).map(String::as_str).unwrap_or("<missing>");
+        // Dashes become `_`, as in port labels and meta keys; the default bind is loopback.
+        assert_eq!(get("NOMAD_UPSTREAM_ADDR_my_db"), "127.0.0.1:5432");
+        assert_eq!(get("NOMAD_UPSTREAM_IP_my_db"), "127.0.0.1");
+        assert_eq!(get("NOMAD_UPSTREAM_PORT_my_db"), "5432");
+        assert_eq!(get("NOMAD_UPSTREAM_ADDR_cache.v2"), "[::1]:6379");
+        assert_eq!(get("NOMAD_UPSTREAM_PORT_cache.v2"), "6379");
+        // The task's env block may refer to them.
+        assert_eq!(get("DB"), "postgres://127.0.0.1:5432/app");
+
+        let plain = task_env(&alloc(), &task, &node(), &DirView::container(), &[]);
+        assert!(!plain.keys().any(|k| k.starts_with("NOMAD_UPSTREAM_")));
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub struct BoundAgent {
     listener: tokio::net::TcpListener,
     http_addr: SocketAddr,
     node_id: String,
+    node_secret: String,
     drivers: Drivers,
     http_client: reqwest::Client,
 }
@@ -127,6 +128,7 @@ pub async fn bind(cfg: AgentConfig) -> Result<BoundAgent, AgentError> {
             .map_err(|source| AgentError::DataDir { path: dir, source })?;
     }
     let node_id = node::load_or_create_node_id(&cfg.data_dir)?;
+    let node_secret = node::load_or_create_node_secret(&cfg.data_dir)?;
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .map_err(|source| AgentError::Bind {
@@ -148,6 +150,7 @@ pub async fn bind(cfg: AgentConfig) -> Result<BoundAgent, AgentError> {
         listener,
         http_addr,
         node_id,
+        node_secret,
         drivers,
         http_client,
     })
@@ -164,6 +167,11 @@ impl BoundAgent {
         &self.node_id
     }
 
+    /// The node's secret (`<data_dir>/node-secret`), presented with certificate requests.
+    pub fn node_secret(&self) -> &str {
+        &self.node_secret
+    }
+
     /// Runs the agent until `shutdown` resolves, then lets go of every task (or, with
     /// `stop_tasks_on_shutdown`, stops every task gracefully), reports the final statuses (best
     /// effort, bounded) and returns.
@@ -176,10 +184,12 @@ impl BoundAgent {
             listener,
             http_addr,
             node_id,
+            node_secret,
             drivers,
             http_client,
         } = self;
-        let (node, node_ctx) = node::describe(&cfg, &node_id, http_addr.port(), &drivers).await;
+        let (node, node_ctx) =
+            node::describe(&cfg, &node_id, &node_secret, http_addr.port(), &drivers).await;
         tracing::info!(
             node_id = %node_id,
             name = %cfg.name,

@@ -12,7 +12,17 @@ use crate::env::NodeContext;
 
 /// The node's id from `<data_dir>/node-id`, created (uuid v4) on first start.
 pub fn load_or_create_node_id(data_dir: &Path) -> Result<String, AgentError> {
-    let path = data_dir.join("node-id");
+    load_or_create_uuid(data_dir, "node-id")
+}
+
+/// The node's secret from `<data_dir>/node-secret` (mode 0600), created on first start. The
+/// server records it at the first registration; certificate requests must present it.
+pub fn load_or_create_node_secret(data_dir: &Path) -> Result<String, AgentError> {
+    load_or_create_uuid(data_dir, "node-secret")
+}
+
+fn load_or_create_uuid(data_dir: &Path, name: &str) -> Result<String, AgentError> {
+    let path = data_dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let id = text.trim();
@@ -23,10 +33,19 @@ pub fn load_or_create_node_id(data_dir: &Path) -> Result<String, AgentError> {
             Ok(id.to_string())
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
             let id = uuid::Uuid::new_v4().to_string();
-            // Write then rename, so a crash never leaves a half-written id.
-            let tmp = data_dir.join("node-id.tmp");
-            std::fs::write(&tmp, format!("{id}\n"))
+            // Write then rename, so a crash never leaves a half-written file; owner-only, as
+            // the secret is a credential.
+            let tmp = data_dir.join(format!("{name}.tmp"));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(format!("{id}\n").as_bytes()))
                 .and_then(|()| std::fs::rename(&tmp, &path))
                 .map_err(|source| AgentError::DataDir {
                     path: path.clone(),
@@ -186,6 +205,7 @@ pub fn attributes(cfg: &AgentConfig, cap: &Capacity) -> BTreeMap<String, String>
 pub async fn describe(
     cfg: &AgentConfig,
     node_id: &str,
+    node_secret: &str,
     http_port: u16,
     drivers: &Drivers,
 ) -> (pb::Node, NodeContext) {
@@ -206,6 +226,7 @@ pub async fn describe(
     }
     let node = pb::Node {
         id: node_id.to_string(),
+        secret_id: node_secret.to_string(),
         name: cfg.name.clone(),
         datacenter: cfg.datacenter.clone(),
         node_class: cfg.node_class.clone(),

@@ -158,6 +158,23 @@ struct Fixed {
     mounts: Vec<MountSpec>,
 }
 
+/// The Connect upstreams of all the allocation's services: tasks see them as
+/// `NOMAD_UPSTREAM_*` variables.
+fn alloc_upstreams(alloc: &pb::Allocation) -> Vec<flotilla_types::ConsulUpstream> {
+    alloc
+        .services
+        .iter()
+        .flat_map(|s| s.upstreams.iter())
+        .map(|u| flotilla_types::ConsulUpstream {
+            destination_name: u.destination_name.clone(),
+            destination_namespace: u.destination_namespace.clone(),
+            local_bind_port: u16::try_from(u.local_bind_port).unwrap_or_default(),
+            local_bind_address: u.local_bind_address.clone(),
+            datacenter: u.datacenter.clone(),
+        })
+        .collect()
+}
+
 pub(crate) struct TaskRunner {
     pub ctx: Arc<RunnerContext>,
     pub alloc: Arc<pb::Allocation>,
@@ -431,7 +448,13 @@ impl TaskRunner {
     /// The spec of a task that already runs: nothing is fetched, rendered or written again,
     /// and a config that no longer parses does not keep the agent from finding the task.
     fn reattach_spec(&self, fixed: &Fixed) -> TaskSpec {
-        let env = task_env(&self.alloc, &self.task, &self.ctx.node, &fixed.view);
+        let env = task_env(
+            &self.alloc,
+            &self.task,
+            &self.ctx.node,
+            &fixed.view,
+            &alloc_upstreams(&self.alloc),
+        );
         let config = crate::runner::parse_config(&self.task.config_json)
             .map(|c| interpolate_json(&c, &env, &self.ctx.node))
             .unwrap_or_else(|_| serde_json::Value::Object(Default::default()));
@@ -445,7 +468,13 @@ impl TaskRunner {
         artifacts_done: &mut bool,
     ) -> Result<TaskSpec, SetupError> {
         let dirs = &fixed.dirs;
-        let mut env = task_env(&self.alloc, &self.task, &self.ctx.node, &fixed.view);
+        let mut env = task_env(
+            &self.alloc,
+            &self.task,
+            &self.ctx.node,
+            &fixed.view,
+            &alloc_upstreams(&self.alloc),
+        );
         if !*artifacts_done {
             if !self.task.artifacts.is_empty() {
                 self.event("Downloading Artifacts", "Client is downloading artifacts");

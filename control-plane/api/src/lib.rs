@@ -2,7 +2,8 @@
 //!
 //! Paths and JSON shapes follow Nomad's, so existing Nomad clients and scripts work unchanged:
 //! jobs (`/v1/jobs`, `/v1/job/:id`, parse and validate), allocations, nodes, evaluations,
-//! services and `/v1/status/leader`. Reads answer from a store snapshot and support Nomad's
+//! services and `/v1/status/leader`; the mesh's CA roots, rotation and intentions in
+//! Consul's shapes (`/v1/connect/…`). Reads answer from a store snapshot and support Nomad's
 //! blocking queries (`?index=N&wait=5m`, with the `X-Nomad-Index` header); writes are one store
 //! transaction each (a job and its evaluation together). Errors are plain text with a 4xx status
 //! and name the field or value at fault.
@@ -12,6 +13,7 @@
 mod allocs;
 mod error;
 mod jobs;
+mod mesh;
 mod nodes;
 mod plan;
 mod reads;
@@ -90,6 +92,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/service/{name}", get(reads::service))
         .route("/v1/status/leader", get(reads::leader))
         .route("/v1/client/fs/logs/{alloc}", get(reads::logs))
+        .route("/v1/connect/ca/roots", get(mesh::ca_roots))
+        .route(
+            "/v1/connect/ca/rotate",
+            post(mesh::ca_rotate).put(mesh::ca_rotate),
+        )
+        .route("/v1/connect/intentions", get(mesh::intentions))
+        .route(
+            "/v1/connect/intentions/exact",
+            get(mesh::intention_get)
+                .put(mesh::intention_put)
+                .post(mesh::intention_put)
+                .delete(mesh::intention_delete),
+        )
+        .route("/v1/connect/intentions/check", get(mesh::intention_check))
         .fallback(error::not_found)
         .with_state(state)
 }

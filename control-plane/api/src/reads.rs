@@ -160,7 +160,7 @@ pub async fn node(
 ) -> Result<Response, ApiError> {
     let state = block(&api, &b).await;
     let n = by_id_or_prefix(&state.nodes, &id, "node")?;
-    Ok(with_index(state.index, Json(&**n)))
+    Ok(with_index(state.index, Json(n.redacted())))
 }
 
 pub async fn node_allocations(

@@ -109,6 +109,46 @@ impl Client {
             .with_context(|| format!("decoding the answer of {path}"))
     }
 
+    /// PUT a JSON body with query parameters.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .put(self.url(path))
+            .query(query)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let resp = self.check(path, resp).await?;
+        resp.json()
+            .await
+            .with_context(|| format!("decoding the answer of {path}"))
+    }
+
+    /// GET a JSON document with query parameters.
+    pub async fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let resp = self.check(path, resp).await?;
+        resp.json()
+            .await
+            .with_context(|| format!("decoding the answer of {path}"))
+    }
+
     pub async fn delete<T: DeserializeOwned>(
         &self,
         path: &str,

@@ -1,4 +1,4 @@
-//! The operator CLI: `job`, `alloc`, `node` and `service` commands, talking to a server's HTTP
+//! The operator CLI: `job`, `alloc`, `node`, `service`, `intention` and `ca` commands, talking to a server's HTTP
 //! API (`--address`, or `FLOTILLA_ADDR` / `NOMAD_ADDR`, default `http://127.0.0.1:4646`).
 //!
 //! Output is a human table by default and JSON with `-json`. Nomad's single-dash long flags
@@ -7,10 +7,12 @@
 
 mod client;
 mod commands;
+mod mesh;
 mod monitor;
 mod table;
 
 pub use client::Client;
+pub use mesh::{CaCmd, IntentionCmd, run_ca, run_intention};
 pub use commands::{
     AllocCmd, EvalCmd, JobCmd, NodeCmd, PeriodicCmd, ServiceCmd, VarArgs, run_alloc, run_eval,
     run_job, run_node, run_service,

@@ -119,6 +119,12 @@ pub(crate) enum Seg {
     Logs,
     DispatchPayload,
     CheckRestart,
+    /// A service's `connect` block, its `sidecar_service` and that one's `proxy`.
+    Connect,
+    SidecarService,
+    Proxy,
+    /// Index into `ConsulProxy::upstreams`.
+    Upstream(usize),
     /// A docker `config { port_map { … } }` block.
     PortMap,
     /// The n-th `dynamic` block of the file (its own attributes, not what it generates).

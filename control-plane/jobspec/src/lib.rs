@@ -15,17 +15,20 @@
 //!     (driver, config, env, resources, lifecycle, artifact, template, logs, user,
 //!     volume_mount, dispatch_payload, kill_timeout, kill_signal, constraint, affinity), with
 //!     Nomad 0.x forms translated: task `resources { network { … } }` ports join the group
-//!     network, and docker `config { port_map { … } }` sets the ports' `to`.
+//!     network, and docker `config { port_map { … } }` sets the ports' `to`;
+//!   - services' `connect` blocks: `native`, and `sidecar_service` (tags, port) with
+//!     `proxy { upstreams { … } }` (destination name and namespace, local bind address and
+//!     port, datacenter), served by the node proxy.
 //!
 //!   Runtime interpolations such as `"${NOMAD_PORT_http}"` or `"${node.unique.name}"` are kept
 //!   literally for the node to expand. Nomad features outside the subset are errors when
-//!   ignoring them would change what runs (`vault`, CSI volumes, `connect`, devices, …) and
+//!   ignoring them would change what runs (`vault`, CSI volumes, Connect gateways, devices, …) and
 //!   warnings otherwise (`scaling`, `migrate`, …). Unknown blocks and attributes, wrong types,
 //!   bad durations and syntax errors are all reported at once, each located by file, line and
 //!   column.
-//! - [`validate`] checks the semantics of a typed job (drivers, port labels, checks, restart
-//!   and reschedule policies, update strategies, constraints, affinities, spreads, volumes,
-//!   templates, artifacts, …). It serves jobs submitted as JSON as well; `parse` runs it on the
+//! - [`validate`] checks the semantics of a typed job (drivers, port labels, checks, Connect
+//!   upstreams, restart and reschedule policies, update strategies, constraints, affinities,
+//!   spreads, volumes, templates, artifacts, …). It serves jobs submitted as JSON as well; `parse` runs it on the
 //!   canonicalized job and maps its findings back to the HCL source.
 //! - [`parse_duration`] reads Go duration strings (`"10s"`, `"1m30s"`) into nanoseconds.
 //!

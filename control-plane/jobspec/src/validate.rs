@@ -14,7 +14,8 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use flotilla_types::{
-    JOB_TYPE_SYSBATCH, JOB_TYPE_SYSTEM, Job, RestartPolicy, Service, Task, TaskGroup,
+    ConsulConnect, ConsulUpstream, INGRESS_SERVICE, JOB_TYPE_SYSBATCH, JOB_TYPE_SYSTEM, Job,
+    RestartPolicy, Service, Task, TaskGroup, UpstreamBind,
 };
 use serde_json::Value;
 
@@ -251,6 +252,8 @@ impl Report {
             self.service(scope, si, service, &ports);
         }
 
+        self.upstream_binds(scope, group);
+
         let mut names = HashSet::new();
         for (ti, task) in group.tasks.iter().enumerate() {
             let ts = scope.child(Seg::Task(ti), named("task", &task.name, ti));
@@ -316,9 +319,18 @@ impl Report {
     }
 
     fn service(&mut self, parent: &Scope, si: usize, service: &Service, ports: &GroupPorts<'_>) {
-        let scope = parent.child(Seg::Service(si), named("service", &service.name, si));
+        let scope = service_scope(parent, si, service);
         if service.name.is_empty() {
             self.error(&scope, "name", "service name must not be empty".to_string());
+        } else if service.name == INGRESS_SERVICE {
+            self.error(
+                &scope,
+                "name",
+                format!(
+                    "service name {INGRESS_SERVICE:?} is reserved: it is the mesh identity of \
+                     every node's ingress"
+                ),
+            );
         } else if !is_dns_label(&service.name) {
             self.error(
                 &scope,
@@ -342,6 +354,9 @@ impl Report {
             );
         }
         self.port_ref(&scope, &service.port_label, ports);
+        if let Some(connect) = &service.connect {
+            self.connect(&scope, connect);
+        }
 
         for (ci, check) in service.checks.iter().enumerate() {
             let cs = scope.child(Seg::Check(ci), named("check", &check.name, ci));
@@ -440,6 +455,114 @@ impl Report {
                     format!(
                         "{kind} check has no port to probe: set `port` on the service or on the check"
                     ),
+                );
+            }
+        }
+    }
+
+    /// A service's `connect` block and each of its upstreams on its own.
+    fn connect(&mut self, service: &Scope, connect: &ConsulConnect) {
+        let scope = service.child(Seg::Connect, "connect");
+        if connect.native && connect.sidecar_service.is_some() {
+            self.error(
+                &scope,
+                "native",
+                "native = true cannot be combined with a sidecar_service block (a native app \
+                 speaks mTLS itself; a sidecar does it for the app)"
+                    .to_string(),
+            );
+        }
+        let Some(proxy) = connect
+            .sidecar_service
+            .as_ref()
+            .and_then(|s| s.proxy.as_ref())
+        else {
+            return;
+        };
+        for (ui, upstream) in proxy.upstreams.iter().enumerate() {
+            let us = upstream_scope(service, ui, upstream);
+            if upstream.destination_name.is_empty() {
+                self.error(
+                    &us,
+                    "destination_name",
+                    "upstream needs a destination_name (the service to connect to)".to_string(),
+                );
+            }
+            if upstream.local_bind_port == 0 {
+                self.error(
+                    &us,
+                    "local_bind_port",
+                    "upstream needs a local_bind_port (the local port the app connects to), \
+                     from 1 to 65535; got 0"
+                        .to_string(),
+                );
+            }
+            if !upstream.local_bind_address.is_empty()
+                && upstream
+                    .local_bind_address
+                    .parse::<std::net::IpAddr>()
+                    .is_err()
+            {
+                self.error(
+                    &us,
+                    "local_bind_address",
+                    format!(
+                        "local_bind_address {:?} is not an IP address (expected one like \
+                         \"127.0.0.1\" or \"::1\")",
+                        upstream.local_bind_address
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Two upstreams of one group cannot listen on the same address and port: the node proxy
+    /// opens one listener per upstream on the node. Reported at the later of the two.
+    fn upstream_binds(&mut self, scope: &Scope, group: &TaskGroup) {
+        if group.upstreams().next().is_none() {
+            return;
+        }
+        let group_services = group
+            .services
+            .iter()
+            .enumerate()
+            .map(|(si, s)| (service_scope(scope, si, s), s));
+        let task_services = group.tasks.iter().enumerate().flat_map(|(ti, t)| {
+            let ts = scope.child(Seg::Task(ti), named("task", &t.name, ti));
+            t.services
+                .iter()
+                .enumerate()
+                .map(move |(si, s)| (service_scope(&ts, si, s), s))
+        });
+        let mut seen: Vec<(UpstreamBind, &str)> = Vec::new();
+        for (ss, service) in group_services.chain(task_services) {
+            for (ui, upstream) in service.upstreams().iter().enumerate() {
+                let Some(bind) = upstream.bind() else {
+                    continue;
+                };
+                let name = upstream.destination_name.as_str();
+                let Some((other, other_name)) = seen.iter().find(|(b, _)| b.clashes(&bind)) else {
+                    seen.push((bind, name));
+                    continue;
+                };
+                let message = if *other == bind {
+                    format!(
+                        "upstreams {other_name:?} and {name:?} both bind {bind} (each upstream \
+                         of group {:?} needs its own local_bind_port)",
+                        group.name
+                    )
+                } else {
+                    format!(
+                        "upstream {name:?} on {bind} and upstream {other_name:?} on {other} \
+                         both take port {} (each upstream of group {:?} needs its own \
+                         local_bind_port)",
+                        bind.port, group.name
+                    )
+                };
+                self.error(
+                    &upstream_scope(&ss, ui, upstream),
+                    "local_bind_port",
+                    message,
                 );
             }
         }
@@ -594,6 +717,23 @@ impl Report {
             );
         }
     }
+}
+
+/// The scope of the `si`-th service of a group or task.
+fn service_scope(parent: &Scope, si: usize, service: &Service) -> Scope {
+    parent.child(Seg::Service(si), named("service", &service.name, si))
+}
+
+/// The scope of the `ui`-th upstream of the service at `service`.
+fn upstream_scope(service: &Scope, ui: usize, upstream: &ConsulUpstream) -> Scope {
+    service
+        .child(Seg::Connect, "connect")
+        .child(Seg::SidecarService, "sidecar_service")
+        .child(Seg::Proxy, "proxy")
+        .child(
+            Seg::Upstream(ui),
+            named("upstreams", &upstream.destination_name, ui),
+        )
 }
 
 /// 1 to 63 ASCII letters, digits and dashes, not starting or ending with a dash.

@@ -7,10 +7,10 @@ mod common;
 use common::{assert_at, job_with, ok, only_error, only_warning, parsed, task_line};
 use flotilla_jobspec::Severity;
 use flotilla_types::{
-    Affinity, CheckRestart, Constraint, DispatchPayloadConfig, EphemeralDisk, LogConfig,
-    NANOS_PER_SEC, ParameterizedJobConfig, PeriodicConfig, Port, ReschedulePolicy, Spread,
-    SpreadTarget, TaskArtifact, TaskLifecycle, Template, UpdateStrategy, VolumeMount,
-    VolumeRequest,
+    Affinity, CheckRestart, Constraint, ConsulConnect, ConsulProxy, ConsulSidecarService,
+    ConsulUpstream, DispatchPayloadConfig, EphemeralDisk, LogConfig, NANOS_PER_SEC,
+    ParameterizedJobConfig, PeriodicConfig, Port, ReschedulePolicy, Spread, SpreadTarget,
+    TaskArtifact, TaskLifecycle, Template, UpdateStrategy, VolumeMount, VolumeRequest,
 };
 use serde_json::json;
 
@@ -591,6 +591,172 @@ fn check_restart_on_a_check_only() {
             ignore_warnings: false,
         })
     );
+}
+
+#[test]
+fn connect_sidecar_upstreams() {
+    let src = format!(
+        "variable \"cache_port\" {{\n  default = 6379\n}}\n{}",
+        job_with(
+            r#"    network {
+      port "http" {}
+    }
+    service {
+      name = "web"
+      port = "http"
+      connect {
+        native = false
+        sidecar_service {
+          tags = ["mesh", "v1"]
+          port = "http"
+          proxy {
+            upstreams {
+              destination_name      = "db"
+              destination_namespace = "data"
+              local_bind_port       = 5432
+              local_bind_address    = "127.0.0.2"
+              datacenter            = "dc2"
+            }
+            dynamic "upstreams" {
+              for_each = ["cache"]
+              content {
+                destination_name = upstreams.value
+                local_bind_port  = var.cache_port
+              }
+            }
+          }
+        }
+      }
+    }
+"#,
+            r#"      service {
+        name = "worker"
+        connect {
+          sidecar_service {
+            proxy {
+              upstreams {
+                destination_name = "queue"
+                local_bind_port  = 5672
+              }
+            }
+          }
+        }
+      }
+"#,
+        )
+    );
+    let job = ok(&src);
+    let g = &job.task_groups[0];
+    assert_eq!(
+        g.services[0].connect,
+        Some(ConsulConnect {
+            native: false,
+            sidecar_service: Some(ConsulSidecarService {
+                tags: vec!["mesh".into(), "v1".into()],
+                port: "http".into(),
+                proxy: Some(ConsulProxy {
+                    upstreams: vec![
+                        ConsulUpstream {
+                            destination_name: "db".into(),
+                            destination_namespace: "data".into(),
+                            local_bind_port: 5432,
+                            local_bind_address: "127.0.0.2".into(),
+                            datacenter: "dc2".into(),
+                        },
+                        ConsulUpstream {
+                            destination_name: "cache".into(),
+                            local_bind_port: 6379,
+                            ..Default::default()
+                        },
+                    ],
+                }),
+            }),
+        })
+    );
+    let all: Vec<_> = g
+        .upstreams()
+        .map(|(s, u)| {
+            (
+                s.name.as_str(),
+                u.destination_name.as_str(),
+                u.bind_address(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        all,
+        [
+            ("web", "db", "127.0.0.2"),
+            ("web", "cache", "127.0.0.1"),
+            ("worker", "queue", "127.0.0.1"),
+        ]
+    );
+}
+
+#[test]
+fn connect_native_and_empty_blocks() {
+    let g = group(&job_with(
+        "    service {\n      name = \"api\"\n      connect {\n        native = true\n      }\n    }\n    service {\n      name = \"web\"\n      connect {\n        sidecar_service {}\n      }\n    }\n",
+        "",
+    ));
+    assert_eq!(
+        g.services[0].connect,
+        Some(ConsulConnect {
+            native: true,
+            sidecar_service: None,
+        })
+    );
+    assert_eq!(
+        g.services[1].connect,
+        Some(ConsulConnect {
+            native: false,
+            sidecar_service: Some(ConsulSidecarService::default()),
+        })
+    );
+    assert!(g.services[1].upstreams().is_empty());
+    assert_eq!(g.upstreams().count(), 0);
+}
+
+#[test]
+fn connect_attribute_errors_are_located() {
+    let body = |upstream: &str| {
+        job_with(
+            &format!(
+                "    service {{\n      name = \"web\"\n      connect {{\n        sidecar_service {{\n          proxy {{\n            upstreams {{\n              destination_name = \"db\"\n{upstream}            }}\n          }}\n        }}\n      }}\n    }}\n"
+            ),
+            "",
+        )
+    };
+    // The upstream's attributes start on line 10.
+    let d = only_error(&body("              local_bind_port = 70000\n"));
+    assert_at(&d, Severity::Error, 10, "local_bind_port");
+    assert_eq!(d.message, "70000 is out of range (expected 1 to 65535)");
+    assert_eq!(
+        d.path,
+        r#"job "j" > group "g" > service "web" > connect > sidecar_service > proxy > upstreams "db""#
+    );
+
+    let d = only_error(&body("              local_bind_port = 0\n"));
+    assert_at(&d, Severity::Error, 10, "local_bind_port");
+    assert_eq!(d.message, "0 is out of range (expected 1 to 65535)");
+
+    let d = only_error(&body(
+        "              local_bind_port = 1\n              local_bind_adress = \"x\"\n",
+    ));
+    assert_at(&d, Severity::Error, 11, "local_bind_adress");
+    assert_eq!(
+        d.message,
+        r#"unknown attribute "local_bind_adress" (allowed: destination_name, destination_namespace, local_bind_port, local_bind_address, datacenter)"#
+    );
+
+    let d = only_error(&body("              local_bind_port = \"x\"\n"));
+    assert_at(&d, Severity::Error, 10, "local_bind_port");
+
+    let d = only_error(&job_with(
+        "    service {\n      name = \"web\"\n      connect {\n        native = \"yes\"\n      }\n    }\n",
+        "",
+    ));
+    assert_at(&d, Severity::Error, 6, "native");
 }
 
 // ---- task ----

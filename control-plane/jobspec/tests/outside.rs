@@ -66,13 +66,80 @@ fn csi_volume() {
     );
 }
 
+/// A group service `api` whose `connect` block holds `connect_body` (from line 6), with a
+/// sidecar proxy holding `proxy_body` (from line 8 with an empty `connect_body`) and one
+/// upstream holding `upstream_body` (from line 11 with an empty `proxy_body`).
+fn connect(connect_body: &str, proxy_body: &str, upstream_body: &str) -> String {
+    job_with(
+        &format!(
+            "    service {{\n      name = \"api\"\n      connect {{\n{connect_body}        sidecar_service {{\n          proxy {{\n{proxy_body}            upstreams {{\n              destination_name = \"db\"\n              local_bind_port  = 5432\n{upstream_body}            }}\n          }}\n        }}\n      }}\n    }}\n"
+        ),
+        "",
+    )
+}
+
 #[test]
-fn connect_in_service() {
-    let d = only_error(&job_with(
-        "    network {\n      mode = \"bridge\"\n      port \"http\" {}\n    }\n    service {\n      name = \"api\"\n      port = \"http\"\n      connect {\n        sidecar_service {}\n      }\n    }\n",
+fn connect_gateways_and_proxy_settings() {
+    let connect_at = |body: &str| connect(body, "", "");
+    let d = only_error(&connect_at(
+        "        gateway {\n          ingress {}\n        }\n",
+    ));
+    rejected(&d, 6, "gateway", r#"service "api" > connect"#);
+    assert!(d.message.contains("no Connect gateways"), "{d}");
+
+    for (name, body) in [
+        (
+            "config",
+            "            config {\n              protocol = \"http\"\n            }\n",
+        ),
+        (
+            "expose",
+            "            expose {\n              path {}\n            }\n",
+        ),
+        (
+            "local_service_address",
+            "            local_service_address = \"10.0.0.1\"\n",
+        ),
+        (
+            "local_service_port",
+            "            local_service_port = 8080\n",
+        ),
+        ("transparent_proxy", "            transparent_proxy {}\n"),
+    ] {
+        let d = only_error(&connect("", body, ""));
+        rejected(&d, 8, name, "> connect > sidecar_service > proxy");
+    }
+    // proxy.config written as an attribute is the same feature.
+    let d = only_error(&connect("", "            config = {}\n", ""));
+    rejected(&d, 8, "config", "> proxy");
+
+    for (name, body) in [
+        (
+            "mesh_gateway",
+            "              mesh_gateway {\n                mode = \"local\"\n              }\n",
+        ),
+        (
+            "config",
+            "              config {\n                connect_timeout_ms = 1000\n              }\n",
+        ),
+        (
+            "local_bind_socket_path",
+            "              local_bind_socket_path = \"/tmp/db.sock\"\n",
+        ),
+    ] {
+        let d = only_error(&connect("", "", body));
+        rejected(&d, 11, name, r#"> proxy > upstreams "db""#);
+    }
+}
+
+#[test]
+fn connect_sidecar_task_is_ignored() {
+    let w = only_warning(&connect(
+        "        sidecar_task {\n          driver = \"docker\"\n        }\n",
+        "",
         "",
     ));
-    rejected(&d, 10, "connect", r#"service "api""#);
+    ignored(&w, 6, "sidecar_task", r#"service "api" > connect"#);
 }
 
 #[test]

@@ -749,6 +749,257 @@ fn check_rules() {
     );
 }
 
+// ---- connect ----
+
+/// A group with port `http` and a service `web` whose sidecar proxy holds `upstreams` (from
+/// line 12), and a task whose body (from line `T + 13 + lines(upstreams)`) is `task_body`.
+fn mesh(upstreams: &str, task_body: &str) -> String {
+    job_with(
+        &format!(
+            "    network {{\n      port \"http\" {{}}\n    }}\n    service {{\n      name = \"web\"\n      port = \"http\"\n      connect {{\n        sidecar_service {{\n          proxy {{\n{upstreams}          }}\n        }}\n      }}\n    }}\n"
+        ),
+        task_body,
+    )
+}
+
+fn upstream(name: &str, port: u16) -> String {
+    format!(
+        "            upstreams {{\n              destination_name = \"{name}\"\n              local_bind_port  = {port}\n            }}\n"
+    )
+}
+
+const UPSTREAM_PATH: &str =
+    r#"job "j" > group "g" > service "web" > connect > sidecar_service > proxy > upstreams"#;
+
+#[test]
+fn connect_upstream_rules() {
+    let good = format!("{}{}", upstream("db", 5432), upstream("cache", 6379));
+    assert_eq!(parsed(&mesh(&good, "")).warnings, vec![]);
+
+    let d = error_at(
+        &mesh(
+            "            upstreams {\n              local_bind_port = 5432\n            }\n",
+            "",
+        ),
+        12,
+        "destination_name",
+    );
+    assert_eq!(
+        d.message,
+        "upstream needs a destination_name (the service to connect to)"
+    );
+    assert_eq!(d.path, format!("{UPSTREAM_PATH}[0]"));
+
+    let d = error_at(&mesh(&upstream("", 5432), ""), 13, "destination_name");
+    assert_eq!(d.path, format!("{UPSTREAM_PATH}[0]"));
+
+    let d = error_at(
+        &mesh(
+            "            upstreams {\n              destination_name = \"db\"\n            }\n",
+            "",
+        ),
+        12,
+        "local_bind_port",
+    );
+    assert_eq!(
+        d.message,
+        "upstream needs a local_bind_port (the local port the app connects to), from 1 to \
+         65535; got 0"
+    );
+    assert_eq!(d.path, format!(r#"{UPSTREAM_PATH} "db""#));
+
+    let src = mesh(
+        &upstream("db", 5432).replace(
+            "5432\n",
+            "5432\n              local_bind_address = \"localhost\"\n",
+        ),
+        "",
+    );
+    let d = error_at(&src, 15, "local_bind_address");
+    assert_eq!(
+        d.message,
+        r#"local_bind_address "localhost" is not an IP address (expected one like "127.0.0.1" or "::1")"#
+    );
+    let ipv6 = src.replace("localhost", "::1");
+    assert_eq!(parsed(&ipv6).warnings, vec![]);
+}
+
+#[test]
+fn connect_upstreams_of_a_group_need_their_own_ports() {
+    // Two upstreams of one service on the same port: the second is reported, naming both.
+    let src = mesh(
+        &format!("{}{}", upstream("db", 5432), upstream("cache", 5432)),
+        "",
+    );
+    let d = error_at(&src, 18, "local_bind_port");
+    assert_eq!(
+        d.message,
+        r#"upstreams "db" and "cache" both bind 127.0.0.1:5432 (each upstream of group "g" needs its own local_bind_port)"#
+    );
+    assert_eq!(d.path, format!(r#"{UPSTREAM_PATH} "cache""#));
+
+    // The same port on another address is fine…
+    let other = mesh(
+        &format!(
+            "{}{}",
+            upstream("db", 5432),
+            upstream("cache", 5432).replace(
+                "5432\n",
+                "5432\n              local_bind_address = \"127.0.0.2\"\n"
+            )
+        ),
+        "",
+    );
+    assert_eq!(parsed(&other).warnings, vec![]);
+    // …unless one of them is a wildcard address, which takes the port on every address.
+    let d = error_at(
+        &other.replace("127.0.0.2", "0.0.0.0"),
+        18,
+        "local_bind_port",
+    );
+    assert_eq!(
+        d.message,
+        r#"upstream "cache" on 0.0.0.0:5432 and upstream "db" on 127.0.0.1:5432 both take port 5432 (each upstream of group "g" needs its own local_bind_port)"#
+    );
+
+    // A task's service counts too, and is reported in the task.
+    let task_service = "      service {\n        name = \"worker\"\n        connect {\n          sidecar_service {\n            proxy {\n              upstreams {\n                destination_name = \"queue\"\n                local_bind_port  = 5432\n              }\n            }\n          }\n        }\n      }\n";
+    let src = mesh(&upstream("db", 5432), task_service);
+    let d = error_at(&src, T + 13 + 4 + 7, "local_bind_port");
+    assert!(
+        d.message
+            .starts_with(r#"upstreams "db" and "queue" both bind 127.0.0.1:5432"#),
+        "{d}"
+    );
+    assert_eq!(
+        d.path,
+        r#"job "j" > group "g" > task "t" > service "worker" > connect > sidecar_service > proxy > upstreams "queue""#
+    );
+    // Other groups do not: each allocation's listeners are its own (the scheduler keeps
+    // allocations with clashing upstreams off the same node).
+    let two_groups = src.replacen(
+        "    task \"t\" {",
+        "    task \"t0\" {\n      driver = \"raw_exec\"\n      config {\n        command = \"x\"\n      }\n    }\n  }\n  group \"h\" {\n    task \"t\" {",
+        1,
+    );
+    assert_eq!(parsed(&two_groups).warnings, vec![]);
+}
+
+#[test]
+fn connect_reserved_name_and_native_sidecar() {
+    let src = mesh(&upstream("db", 5432), "").replace("\"web\"", "\"ingress-gateway\"");
+    let d = error_at(&src, 7, "name");
+    assert_eq!(
+        d.message,
+        r#"service name "ingress-gateway" is reserved: it is the mesh identity of every node's ingress"#
+    );
+
+    let src = mesh(&upstream("db", 5432), "")
+        .replace("connect {\n", "connect {\n        native = true\n");
+    let d = error_at(&src, 10, "native");
+    assert_eq!(
+        d.message,
+        "native = true cannot be combined with a sidecar_service block (a native app speaks \
+         mTLS itself; a sidecar does it for the app)"
+    );
+    assert_eq!(d.path, r#"job "j" > group "g" > service "web" > connect"#);
+}
+
+const JSON_MESH: &str = r#"{
+  "ID": "j",
+  "TaskGroups": [{
+    "Name": "g",
+    "Count": 1,
+    "Services": [{
+      "Name": "ingress-gateway",
+      "Connect": {
+        "Native": true,
+        "SidecarService": {
+          "Proxy": {
+            "Upstreams": [
+              { "DestinationName": "db", "LocalBindPort": 5432 },
+              { "DestinationName": "cache", "LocalBindPort": 5432 },
+              { "LocalBindPort": 0, "LocalBindAddress": "localhost" }
+            ]
+          }
+        }
+      }
+    }],
+    "Tasks": [{ "Name": "t", "Driver": "raw_exec", "Config": { "command": "x" } }]
+  }]
+}"#;
+
+const HCL_MESH: &str = r#"job "j" {
+  group "g" {
+    service {
+      name = "ingress-gateway"
+      connect {
+        native = true
+        sidecar_service {
+          proxy {
+            upstreams {
+              destination_name = "db"
+              local_bind_port  = 5432
+            }
+            upstreams {
+              destination_name = "cache"
+              local_bind_port  = 5432
+            }
+            upstreams {
+              local_bind_address = "localhost"
+            }
+          }
+        }
+      }
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "x"
+      }
+    }
+  }
+}
+"#;
+
+#[test]
+fn json_and_hcl_connect_get_the_same_report() {
+    let mut job: Job = serde_json::from_str(JSON_MESH).unwrap();
+    job.canonicalize();
+    let mut from_json: Vec<_> = validate(&job)
+        .into_iter()
+        .map(|d| (d.severity.to_string(), d.path, d.field, d.message))
+        .collect();
+    let hcl = errors(HCL_MESH);
+    let mut from_hcl: Vec<_> = hcl
+        .iter()
+        .map(|d| {
+            (
+                d.severity.to_string(),
+                d.path.clone(),
+                d.field.clone(),
+                d.message.clone(),
+            )
+        })
+        .collect();
+    from_json.sort();
+    from_hcl.sort();
+    assert_eq!(from_json, from_hcl);
+    let lines: Vec<_> = hcl.iter().map(|d| (d.line, d.field.as_str())).collect();
+    assert_eq!(
+        lines,
+        [
+            (Some(4), "name"),
+            (Some(6), "native"),
+            (Some(15), "local_bind_port"),
+            (Some(17), "destination_name"),
+            (Some(17), "local_bind_port"),
+            (Some(18), "local_bind_address"),
+        ],
+        "{hcl:#?}"
+    );
+}
+
 // ---- JSON jobs get the same report ----
 
 const JSON_JOB: &str = r#"{

@@ -130,6 +130,9 @@ struct Delta {
     memory_mb: i64,
     added: Vec<u16>,
     removed: Vec<u16>,
+    /// Upstream listeners, kept only while the job has upstreams.
+    binds_added: Vec<UpstreamBind>,
+    binds_removed: Vec<UpstreamBind>,
 }
 
 /// Counts of the job's allocations per value of a node attribute (Nomad's `propertySet`), for
@@ -161,6 +164,8 @@ pub(crate) enum Exhausted {
     Memory,
     Port(u16),
     DynamicPorts,
+    /// An upstream listener the group needs is held by another allocation on the node.
+    Upstream(UpstreamBind),
 }
 
 impl Exhausted {
@@ -170,8 +175,22 @@ impl Exhausted {
             Exhausted::Memory => "memory".to_string(),
             Exhausted::Port(p) => format!("network: reserved port {p} in use"),
             Exhausted::DynamicPorts => "network: no free dynamic ports".to_string(),
+            Exhausted::Upstream(b) => format!("upstream {b} already bound on node"),
         }
     }
+}
+
+/// The upstream listeners allocation `a` holds on its node: those of its group in the job it
+/// was placed with (else in the state's version of the job).
+pub(crate) fn alloc_binds(state: &State, a: &Allocation) -> Vec<UpstreamBind> {
+    let group = a.group().or_else(|| {
+        state
+            .job(&a.namespace, &a.job_id)
+            .and_then(|j| j.group(&a.task_group))
+    });
+    group.map_or_else(Vec::new, |g| {
+        g.upstreams().filter_map(|(_, u)| u.bind()).collect()
+    })
 }
 
 /// A task group compiled for placement.
@@ -199,6 +218,8 @@ pub(crate) struct GroupSpec {
     affinity_unique: bool,
     spreads: Vec<SpreadSpec>,
     tasks: BTreeMap<String, AllocatedTaskResources>,
+    /// The listeners the group's upstreams open on the node (empty for most groups).
+    upstreams: Vec<UpstreamBind>,
 }
 
 impl GroupSpec {
@@ -262,6 +283,11 @@ pub(crate) struct Ctx<'a> {
     any_datacenter: bool,
     nodes: NodeSet<'a>,
     delta: FxMap<usize, Delta>,
+    /// Some group of the job has upstreams: the plan's placements and stops track listeners.
+    track_upstreams: bool,
+    /// Upstream listeners held on a node by the state's live allocations (read the first time
+    /// a group with upstreams visits the node).
+    upstreams_on_node: FxMap<usize, Vec<UpstreamBind>>,
     /// The job's live allocations per node position, all groups and per group.
     job_on_node: FxMap<usize, u32>,
     group_on_node: FxMap<(usize, usize), u32>,
@@ -328,6 +354,8 @@ impl<'a> Ctx<'a> {
             any_datacenter: job.datacenters.iter().any(|d| d == "*"),
             nodes: NodeSet::new(state, index),
             delta: FxMap::default(),
+            track_upstreams: false,
+            upstreams_on_node: FxMap::default(),
             job_on_node: FxMap::default(),
             group_on_node: FxMap::default(),
             props: Vec::new(),
@@ -346,6 +374,7 @@ impl<'a> Ctx<'a> {
             let spec = ctx.compile(g);
             ctx.groups.push(spec);
         }
+        ctx.track_upstreams = ctx.groups.iter().any(|s| !s.upstreams.is_empty());
         for a in live {
             ctx.count(a, 1);
         }
@@ -417,6 +446,7 @@ impl<'a> Ctx<'a> {
                     )
                 })
                 .collect(),
+            upstreams: group.upstreams().filter_map(|(_, u)| u.bind()).collect(),
         };
         for t in &group.tasks {
             if !spec.drivers.contains(&t.driver) {
@@ -543,6 +573,9 @@ impl<'a> Ctx<'a> {
         d.memory_mb -= r.memory_mb as i64;
         d.removed
             .extend(a.allocated_resources.shared.ports.iter().map(|p| p.value));
+        if self.track_upstreams {
+            d.binds_removed.extend(alloc_binds(self.state, a));
+        }
     }
 
     /// The plan places `a` on node `i`.
@@ -554,6 +587,9 @@ impl<'a> Ctx<'a> {
         d.memory_mb += r.memory_mb as i64;
         d.added
             .extend(a.allocated_resources.shared.ports.iter().map(|p| p.value));
+        if self.track_upstreams {
+            d.binds_added.extend(alloc_binds(self.state, a));
+        }
     }
 
     pub(crate) fn find(&self, id: &str) -> Option<usize> {
@@ -702,13 +738,43 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
-        match self.fits(i, g) {
-            Ok(()) => true,
-            Err(why) => {
-                exhaust(metric, why);
-                false
-            }
+        if let Err(why) = self.fits(i, g) {
+            exhaust(metric, why);
+            return false;
         }
+        if !self.groups[g].upstreams.is_empty()
+            && let Some(bind) = self.upstream_clash(i, g)
+        {
+            exhaust(metric, Exhausted::Upstream(bind));
+            return false;
+        }
+        true
+    }
+
+    /// The first upstream listener of group `g` that an allocation on node `i` already holds
+    /// (counting the plan's stops and placements so far).
+    fn upstream_clash(&mut self, i: usize, g: usize) -> Option<UpstreamBind> {
+        if !self.upstreams_on_node.contains_key(&i) {
+            let node_id = &self.nodes.node(i).id;
+            let held: Vec<UpstreamBind> = self
+                .state
+                .allocs_by_node(node_id)
+                .filter(|a| !a.terminal())
+                .flat_map(|a| alloc_binds(self.state, a))
+                .collect();
+            self.upstreams_on_node.insert(i, held);
+        }
+        let held = self
+            .upstreams_on_node
+            .get(&i)
+            .map_or(&[][..], Vec::as_slice);
+        let delta = self.delta.get(&i);
+        self.groups[g].upstreams.iter().copied().find(|want| {
+            let count = |binds: &[UpstreamBind]| binds.iter().filter(|b| b.clashes(want)).count();
+            let (added, removed) =
+                delta.map_or((0, 0), |d| (count(&d.binds_added), count(&d.binds_removed)));
+            count(held) + added > removed
+        })
     }
 
     /// CPU and memory in use on node `i` with the plan applied.

@@ -16,8 +16,10 @@
 //!   nodes or marked for migration, and failed ones under the group's reschedule policy.
 //! - feasibility filters nodes: status, datacenter, constraints (job, group, task; all of
 //!   Nomad's operators with `${attr.*}`, `${meta.*}`, `${node.*}` interpolation), drivers,
-//!   host volumes, `distinct_hosts`, `distinct_property`, CPU, memory, ports. Results that
-//!   depend only on a node's computed class are cached per class and group.
+//!   host volumes, `distinct_hosts`, `distinct_property`, CPU, memory, ports, and Connect
+//!   upstream listeners (the node proxy opens them on the node, so two allocations binding the
+//!   same address and port cannot share one; looked at only for groups with upstreams). Results
+//!   that depend only on a node's computed class are cached per class and group.
 //! - ranking scores feasible nodes and averages the scores (Nomad's normalisation): bin-packing
 //!   or spread fit ([`Algorithm`]), anti-affinity between instances of a group, a penalty for
 //!   nodes a rescheduled allocation failed on, node affinities and `spread` blocks. As in

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use flotilla_store::State;
 use flotilla_types::*;
 
+use crate::context::alloc_binds;
 use crate::fx::FxMap;
 use crate::{NodeUsage, Queued, UsageIndex};
 
@@ -41,9 +42,10 @@ impl Plan {
     }
 
     /// Check the plan against `state` (possibly newer than the snapshot it was made from):
-    /// every node it places on must still be schedulable with room for everything placed there,
-    /// and every allocation it stops or updates must still exist. Returns the reasons it no
-    /// longer holds. Only the nodes the plan places on are examined.
+    /// every node it places on must still be schedulable with room (CPU, memory, ports, upstream
+    /// listeners) for everything placed there, and every allocation it stops or updates must
+    /// still exist. Returns the reasons it no longer holds. Only the nodes the plan places on are
+    /// examined.
     pub fn conflicts(&self, state: &State) -> Vec<String> {
         self.conflicts_with(state, None)
     }
@@ -101,6 +103,11 @@ impl Plan {
                 out.missing.push(&a.id);
             }
         }
+        // Upstream listeners are only looked at when the job asks for some.
+        let upstreams = self
+            .job
+            .as_ref()
+            .is_some_and(|j| j.task_groups.iter().any(|g| g.upstreams().next().is_some()));
         // Each node placed on, in the order of first placement: its usage in `state` with this
         // plan's stops released, then the placements added one by one.
         let mut order: Vec<&str> = Vec::new();
@@ -147,8 +154,10 @@ impl Plan {
             };
             let mut cpu = base.cpu as i64;
             let mut memory = base.memory_mb as i64;
+            let stops = stops_by_node.get(node_id).map_or(&[][..], Vec::as_slice);
+            let placed = by_node.get(node_id).map_or(&[][..], Vec::as_slice);
             let mut released: Vec<u16> = Vec::new();
-            for a in stops_by_node.get(node_id).into_iter().flatten() {
+            for a in stops {
                 // Release what the allocation holds now, if it still holds anything.
                 if let Some(current) = state.alloc(&a.id)
                     && !current.terminal()
@@ -168,7 +177,7 @@ impl Plan {
             }
             let mut added: Vec<u16> = Vec::new();
             let mut full = false;
-            for a in by_node.get(node_id).into_iter().flatten() {
+            for a in placed {
                 for p in &a.allocated_resources.shared.ports {
                     let held = added.contains(&p.value)
                         || (base.port_in_use(p.value) && !released.contains(&p.value));
@@ -188,11 +197,42 @@ impl Plan {
                     problems.push(format!("node {} no longer has room", node.name));
                 }
             }
+            if upstreams {
+                upstream_conflicts(state, node, placed, stops, &mut problems);
+            }
             if !problems.is_empty() {
                 out.nodes.push((node_id, problems));
             }
         }
         out
+    }
+}
+
+/// Upstream listeners the plan's placements on `node` need that live allocations in `state`
+/// (less the ones the plan stops) or earlier placements already hold.
+fn upstream_conflicts(
+    state: &State,
+    node: &Node,
+    placed: &[&Allocation],
+    stops: &[&Allocation],
+    problems: &mut Vec<String>,
+) {
+    let wanted: Vec<Vec<UpstreamBind>> = placed.iter().map(|a| alloc_binds(state, a)).collect();
+    if wanted.iter().all(Vec::is_empty) {
+        return;
+    }
+    let mut held: Vec<UpstreamBind> = state
+        .allocs_by_node(&node.id)
+        .filter(|a| !a.terminal() && !stops.iter().any(|s| s.id == a.id))
+        .flat_map(|a| alloc_binds(state, a))
+        .collect();
+    for binds in wanted {
+        for b in &binds {
+            if held.iter().any(|h| h.clashes(b)) {
+                problems.push(format!("upstream {b} on node {} is taken", node.name));
+            }
+        }
+        held.extend(binds);
     }
 }
 

@@ -138,7 +138,8 @@ pub(crate) fn reschedule_decision(
 }
 
 /// Whether going from `old` to `new` needs the allocation restarted (Nomad's `tasksUpdated`):
-/// anything about the tasks but their services, the network, volumes, ephemeral disk, or meta.
+/// anything about the tasks but their services (save the services' Connect upstreams), the
+/// network, volumes, ephemeral disk, or meta.
 pub(crate) fn destructive(old_job: &Job, old: &TaskGroup, new_job: &Job, new: &TaskGroup) -> bool {
     if old_job.meta != new_job.meta
         || old.meta != new.meta
@@ -146,6 +147,7 @@ pub(crate) fn destructive(old_job: &Job, old: &TaskGroup, new_job: &Job, new: &T
         || old.volumes != new.volumes
         || old.ephemeral_disk != new.ephemeral_disk
         || old.tasks.len() != new.tasks.len()
+        || upstreams_changed(old, new)
     {
         return true;
     }
@@ -166,6 +168,15 @@ pub(crate) fn destructive(old_job: &Job, old: &TaskGroup, new_job: &Job, new: &T
             || a.volume_mounts != b.volume_mounts
             || a.dispatch_payload != b.dispatch_payload
     })
+}
+
+/// Whether the group's Connect upstreams differ: tasks see them in their environment
+/// (`NOMAD_UPSTREAM_ADDR_*`) and the listeners must be free on the node, so a change needs a new
+/// allocation, placed like one (as Nomad treats Connect changes).
+fn upstreams_changed(old: &TaskGroup, new: &TaskGroup) -> bool {
+    !old.upstreams()
+        .map(|(_, u)| u)
+        .eq(new.upstreams().map(|(_, u)| u))
 }
 
 /// Whether allocation `a` runs an older version of `job` (by `job_modify_index`), and if so

@@ -65,6 +65,17 @@ impl pb::agent_service_server::AgentService for AgentApi {
         }
         let state = self.store.snapshot();
         let existing = state.node(&node.id).cloned();
+        if let Some(e) = &existing
+            && !e.secret_id.is_empty()
+            && e.secret_id != node.secret_id
+        {
+            warn!(node = %node.name, id = %node.id, "registration refused: secret ID mismatch");
+            return Err(Status::permission_denied(format!(
+                "node {} is registered with a different secret ID: another agent already uses \
+                 this node ID, or this agent's data dir was replaced",
+                node.id
+            )));
+        }
         let n = node_from_proto(node, existing.as_deref(), crate::now_nanos());
         info!(node = %n.name, id = %n.id, address = %n.address, "node registered");
         let id = n.id.clone();

@@ -108,6 +108,17 @@ pub fn alloc_to_proto(alloc: &Allocation, node: Option<&Node>) -> pb::Allocation
             group_services
                 .chain(task_services)
                 .map(|(s, task)| pb::Service {
+                    upstreams: s
+                        .upstreams()
+                        .iter()
+                        .map(|u| pb::Upstream {
+                            destination_name: u.destination_name.clone(),
+                            destination_namespace: u.destination_namespace.clone(),
+                            local_bind_address: u.local_bind_address.clone(),
+                            local_bind_port: u32::from(u.local_bind_port),
+                            datacenter: u.datacenter.clone(),
+                        })
+                        .collect(),
                     name: s.name.clone(),
                     port_label: s.port_label.clone(),
                     tags: s.tags.clone(),
@@ -227,6 +238,7 @@ pub fn node_from_proto(n: pb::Node, existing: Option<&Node>, now: i64) -> Node {
         .collect();
     Node {
         id: n.id,
+        secret_id: n.secret_id,
         name: n.name,
         datacenter: if n.datacenter.is_empty() {
             "dc1".into()

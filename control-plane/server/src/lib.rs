@@ -10,12 +10,15 @@
 //! - [`periodic`]: launches periodic jobs' children on their cron schedule.
 //! - [`agent_service`]: the gRPC `AgentService` agents talk to (registration, heartbeats,
 //!   the allocation watch, client status and service health → catalog registrations).
+//! - [`ca_service`]: the mesh CA: bootstrap, the gRPC `CertificateService` that signs
+//!   workload CSRs for services a node really runs, and pruning of retired roots.
 //!
 //! Everything reads and writes through the [`Store`](flotilla_store::Store) trait; the HTTP API
 //! and the discovery server are sibling crates that only share the store.
 
 pub mod agent_service;
 pub mod applier;
+pub mod ca_service;
 pub mod broker;
 mod convert;
 pub mod drain;
@@ -72,6 +75,7 @@ impl Core {
         tokio::spawn(broker::run(store.clone(), config.workers, shutdown.clone()));
         tokio::spawn(drain::run(store.clone(), shutdown.clone()));
         tokio::spawn(periodic::run(store.clone(), shutdown.clone()));
+        tokio::spawn(ca_service::prune_roots(store.clone(), shutdown.clone()));
         tokio::spawn(heartbeats.clone().monitor(shutdown));
         Self {
             store,

@@ -14,6 +14,11 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const ALLOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocs");
 const EVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("evals");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+const INTENTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("intentions");
+/// Singletons: the CA state and the mesh config.
+const MESH: TableDefinition<&str, &[u8]> = TableDefinition::new("mesh");
+const MESH_CA: &str = "ca";
+const MESH_CONFIG: &str = "config";
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_INDEX: &str = "index";
 
@@ -48,7 +53,7 @@ impl RedbStore {
         // Make sure every table exists, so reads below never fail on a fresh file.
         {
             let txn = db.begin_write().map_err(backend)?;
-            for t in [JOBS, NODES, ALLOCS, EVALS, SERVICES] {
+            for t in [JOBS, NODES, ALLOCS, EVALS, SERVICES, INTENTIONS, MESH] {
                 txn.open_table(t).map_err(backend)?;
             }
             txn.open_table(META).map_err(backend)?;
@@ -92,6 +97,26 @@ impl RedbStore {
         each(&txn, SERVICES, "services", |s| {
             state.load(Op::PutService(s))
         })?;
+        each(&txn, INTENTIONS, "intentions", |i| {
+            state.load(Op::PutIntention(i))
+        })?;
+        let mesh = txn.open_table(MESH).map_err(backend)?;
+        for key in [MESH_CA, MESH_CONFIG] {
+            let Some(bytes) = mesh.get(key).map_err(backend)? else {
+                continue;
+            };
+            let corrupt = |source| StoreError::Corrupt {
+                table: "mesh",
+                key: key.to_string(),
+                source,
+            };
+            let op = if key == MESH_CA {
+                Op::PutCa(serde_json::from_slice(bytes.value()).map_err(corrupt)?)
+            } else {
+                Op::PutMeshConfig(serde_json::from_slice(bytes.value()).map_err(corrupt)?)
+            };
+            state.load(op);
+        }
         let meta = txn.open_table(META).map_err(backend)?;
         state.index = meta
             .get(META_INDEX)
@@ -120,6 +145,8 @@ impl Store for RedbStore {
             let mut allocs = txn.open_table(ALLOCS).map_err(backend)?;
             let mut evals = txn.open_table(EVALS).map_err(backend)?;
             let mut services = txn.open_table(SERVICES).map_err(backend)?;
+            let mut intentions = txn.open_table(INTENTIONS).map_err(backend)?;
+            let mut mesh = txn.open_table(MESH).map_err(backend)?;
             for op in &stored {
                 match op {
                     Op::PutJob(j) => {
@@ -155,6 +182,23 @@ impl Store for RedbStore {
                     }
                     Op::DeleteService(id) => {
                         services.remove(id.as_str()).map_err(backend)?;
+                    }
+                    Op::PutCa(ca) => {
+                        mesh.insert(MESH_CA, encode(ca)?.as_slice())
+                            .map_err(backend)?;
+                    }
+                    Op::PutIntention(i) => {
+                        let key = flotilla_types::Intention::key(&i.source_name, &i.destination_name);
+                        intentions
+                            .insert(key.as_str(), encode(i)?.as_slice())
+                            .map_err(backend)?;
+                    }
+                    Op::DeleteIntention(key) => {
+                        intentions.remove(key.as_str()).map_err(backend)?;
+                    }
+                    Op::PutMeshConfig(cfg) => {
+                        mesh.insert(MESH_CONFIG, encode(cfg)?.as_slice())
+                            .map_err(backend)?;
                     }
                 }
             }

@@ -1,6 +1,8 @@
 use std::sync::Arc;
 
-use flotilla_types::{Allocation, Evaluation, Job, Node, ServiceRegistration};
+use flotilla_types::{
+    Allocation, CaState, Evaluation, Intention, Job, MeshConfig, Node, ServiceRegistration,
+};
 use imbl::{OrdMap, OrdSet};
 
 /// Jobs are keyed by namespace and id.
@@ -41,6 +43,13 @@ pub enum Op {
     DeleteEval(String),
     PutService(ServiceRegistration),
     DeleteService(String),
+    /// Replaces the certificate authority's state (roots, trust domain, leaf TTL).
+    PutCa(CaState),
+    /// Creates or replaces the intention for its source/destination pair.
+    PutIntention(Intention),
+    /// Deletes the intention with this [`Intention::key`].
+    DeleteIntention(String),
+    PutMeshConfig(MeshConfig),
 }
 
 /// The whole control-plane state at one index. Immutable; clone it freely.
@@ -52,6 +61,11 @@ pub struct State {
     pub allocs: OrdMap<String, Arc<Allocation>>,
     pub evals: OrdMap<String, Arc<Evaluation>>,
     pub services: OrdMap<String, Arc<ServiceRegistration>>,
+    /// The mesh CA; `None` until the server bootstraps it.
+    pub ca: Option<Arc<CaState>>,
+    /// Intentions by [`Intention::key`] (source, destination).
+    pub intentions: OrdMap<String, Arc<Intention>>,
+    pub mesh: MeshConfig,
     allocs_by_node: OrdMap<String, OrdSet<String>>,
     allocs_by_job: OrdMap<JobKey, OrdSet<String>>,
     services_by_alloc: OrdMap<String, OrdSet<String>>,
@@ -328,6 +342,25 @@ impl State {
                     }
                 }
                 Op::DeleteService(id)
+            }
+            Op::PutCa(ca) => {
+                self.ca = Some(Arc::new(ca.clone()));
+                Op::PutCa(ca)
+            }
+            Op::PutIntention(mut ixn) => {
+                let key = Intention::key(&ixn.source_name, &ixn.destination_name);
+                let old = self.intentions.get(&key).map(|i| i.create_index);
+                stamp(&mut ixn.create_index, &mut ixn.modify_index, old, index);
+                self.intentions.insert(key, Arc::new(ixn.clone()));
+                Op::PutIntention(ixn)
+            }
+            Op::DeleteIntention(key) => {
+                self.intentions.remove(&key);
+                Op::DeleteIntention(key)
+            }
+            Op::PutMeshConfig(mesh) => {
+                self.mesh = mesh;
+                Op::PutMeshConfig(mesh)
             }
         }
     }

@@ -1,4 +1,6 @@
 use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -178,6 +180,13 @@ impl TaskGroup {
             .chain(self.tasks.iter().flat_map(|t| t.services.iter()))
     }
 
+    /// Every upstream of the group's services (group- and task-level, in that order), with the
+    /// service that declares it.
+    pub fn upstreams(&self) -> impl Iterator<Item = (&Service, &ConsulUpstream)> {
+        self.all_services()
+            .flat_map(|s| s.upstreams().iter().map(move |u| (s, u)))
+    }
+
     /// Total CPU (MHz) and memory (MB) the group's tasks ask for.
     pub fn total_resources(&self) -> Resources {
         self.tasks
@@ -324,6 +333,39 @@ impl ConsulUpstream {
         } else {
             &self.local_bind_address
         }
+    }
+
+    /// The socket its listener binds on the node; `None` when the bind address is not an IP
+    /// address or the port is 0 (validation rejects both).
+    pub fn bind(&self) -> Option<UpstreamBind> {
+        let ip = self.bind_address().parse().ok()?;
+        (self.local_bind_port != 0).then_some(UpstreamBind {
+            ip,
+            port: self.local_bind_port,
+        })
+    }
+}
+
+/// The host socket an upstream listener binds. Displays as `127.0.0.1:5432` or `[::1]:5432`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UpstreamBind {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+impl UpstreamBind {
+    /// Whether listeners on both cannot be open on one host at once: the same port, and the
+    /// same address or either one a wildcard (`0.0.0.0`, `::`), which takes the port on every
+    /// address.
+    pub fn clashes(&self, other: &UpstreamBind) -> bool {
+        self.port == other.port
+            && (self.ip == other.ip || self.ip.is_unspecified() || other.ip.is_unspecified())
+    }
+}
+
+impl fmt::Display for UpstreamBind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        SocketAddr::new(self.ip, self.port).fmt(f)
     }
 }
 
@@ -597,6 +639,63 @@ mod tests {
         assert!(glob_match("d*1", "dc1"));
         assert!(!glob_match("dc2", "dc1"));
         assert!(!glob_match("x*", "dc1"));
+    }
+
+    fn upstream(address: &str, port: u16) -> ConsulUpstream {
+        ConsulUpstream {
+            destination_name: "db".into(),
+            local_bind_address: address.into(),
+            local_bind_port: port,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn upstream_binds() {
+        let bind = |a: &str, p: u16| upstream(a, p).bind();
+        let loopback = bind("", 5432).unwrap();
+        assert_eq!(loopback.to_string(), "127.0.0.1:5432");
+        assert_eq!(bind("::1", 5432).unwrap().to_string(), "[::1]:5432");
+        assert_eq!(bind("localhost", 5432), None);
+        assert_eq!(bind("127.0.0.1", 0), None);
+        assert!(loopback.clashes(&bind("127.0.0.1", 5432).unwrap()));
+        assert!(!loopback.clashes(&bind("127.0.0.1", 5433).unwrap()));
+        assert!(!loopback.clashes(&bind("127.0.0.2", 5432).unwrap()));
+        assert!(loopback.clashes(&bind("0.0.0.0", 5432).unwrap()));
+        assert!(bind("::", 5432).unwrap().clashes(&loopback));
+    }
+
+    #[test]
+    fn group_upstreams_cover_group_and_task_services() {
+        let service = |name: &str, dest: &str| Service {
+            name: name.into(),
+            connect: Some(ConsulConnect {
+                native: false,
+                sidecar_service: Some(ConsulSidecarService {
+                    proxy: Some(ConsulProxy {
+                        upstreams: vec![ConsulUpstream {
+                            destination_name: dest.into(),
+                            ..upstream("", 1)
+                        }],
+                    }),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let group = TaskGroup {
+            services: vec![service("web", "db"), Service::default()],
+            tasks: vec![Task {
+                services: vec![service("worker", "cache")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let got: Vec<_> = group
+            .upstreams()
+            .map(|(s, u)| (s.name.as_str(), u.destination_name.as_str()))
+            .collect();
+        assert_eq!(got, [("web", "db"), ("worker", "cache")]);
     }
 
     #[test]

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::discovery::v1::{
-    CLUSTER_TYPE, DiscoveryRequest, DiscoveryResponse, ROUTE_TYPE, Resource,
+    ALL_TYPES, AUTHORIZATION_TYPE, CLUSTER_TYPE, DiscoveryRequest, DiscoveryResponse,
+    LISTENER_TYPE, ROUTE_TYPE, Resource, TRUST_BUNDLE_TYPE,
     discovery_service_server::{DiscoveryService, DiscoveryServiceServer},
 };
 use flotilla_store::Store;
@@ -83,7 +84,7 @@ async fn serve(
                     node_id = req.node_id.clone();
                     info!(node = %node_id, "proxy connected to discovery");
                 }
-                let Some(type_url) = [CLUSTER_TYPE, ROUTE_TYPE].into_iter().find(|t| *t == req.type_url) else {
+                let Some(type_url) = ALL_TYPES.into_iter().find(|t| *t == req.type_url) else {
                     let _ = tx.send(Err(Status::invalid_argument(format!("unknown type_url {:?}", req.type_url)))).await;
                     return;
                 };
@@ -111,8 +112,14 @@ async fn serve(
         }
         dirty = false;
         let state = store.snapshot();
-        let Resources { clusters, routes } = resources_for_node(&state, &node_id);
-        for (type_url, resources) in [(CLUSTER_TYPE, clusters), (ROUTE_TYPE, routes)] {
+        let r: Resources = resources_for_node(&state, &node_id);
+        for (type_url, resources) in [
+            (CLUSTER_TYPE, r.clusters),
+            (ROUTE_TYPE, r.routes),
+            (LISTENER_TYPE, r.listeners),
+            (TRUST_BUNDLE_TYPE, r.trust_bundle),
+            (AUTHORIZATION_TYPE, r.authorization),
+        ] {
             let st = types.entry(type_url).or_default();
             if !st.subscribed || st.sent.as_ref() == Some(&resources) {
                 continue;

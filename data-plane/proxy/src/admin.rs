@@ -1,4 +1,5 @@
-//! The admin listener: `GET /ready` and `GET /config_dump`.
+//! The admin listener: `GET /ready`, `GET /config_dump` (certificates listed without their
+//! keys) and `GET /stats` (counters).
 //!
 //! It runs on its own OS thread with a current-thread tokio runtime, so a slow scrape or a
 //! flood of admin requests never competes with the forwarding runtime.
@@ -19,6 +20,16 @@ use tracing::{debug, info, warn};
 
 use crate::error::ProxyError;
 use crate::snapshot::ConfigHandle;
+use crate::stats::Stats;
+use crate::tls::Certs;
+
+/// What the admin endpoints read.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub config: ConfigHandle,
+    pub stats: std::sync::Arc<Stats>,
+    pub certs: std::sync::Arc<Certs>,
+}
 
 /// A running admin server; [`AdminServer::stop`] ends it and waits for its thread.
 #[derive(Debug)]
@@ -32,7 +43,7 @@ impl AdminServer {
     pub fn start(
         listener: std::net::TcpListener,
         addr: SocketAddr,
-        config: ConfigHandle,
+        config: AdminState,
     ) -> Result<AdminServer, ProxyError> {
         let thread_err = |error| ProxyError::AdminThread { addr, error };
         listener.set_nonblocking(true).map_err(thread_err)?;
@@ -66,7 +77,7 @@ impl AdminServer {
 async fn serve(
     listener: std::net::TcpListener,
     addr: SocketAddr,
-    config: ConfigHandle,
+    config: AdminState,
     mut stop: oneshot::Receiver<()>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -116,7 +127,19 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
     resp
 }
 
-fn handle(config: &ConfigHandle, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(value) {
+        Ok(json) => respond(StatusCode::OK, "application/json", json + "\n"),
+        Err(error) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            format!("cannot encode: {error}\n"),
+        ),
+    }
+}
+
+fn handle(admin: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let config = &admin.config;
     const TEXT: &str = "text/plain; charset=utf-8";
     if req.method() != Method::GET {
         return respond(
@@ -132,13 +155,11 @@ fn handle(config: &ConfigHandle, req: &Request<Incoming>) -> Response<Full<Bytes
                 respond(StatusCode::OK, TEXT, "ready\n".into())
             } else {
                 let versions = snapshot.versions();
-                let missing: Vec<&str> = [
-                    ("clusters", versions.clusters.is_none()),
-                    ("routes", versions.routes.is_none()),
-                ]
-                .into_iter()
-                .filter_map(|(name, missing)| missing.then_some(name))
-                .collect();
+                let missing: Vec<&str> = flotilla_proto::discovery::v1::ALL_TYPES
+                    .into_iter()
+                    .filter(|t| versions.of(t).is_none())
+                    .map(|t| t.rsplit('.').next().unwrap_or(t))
+                    .collect();
                 respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     TEXT,
@@ -147,20 +168,31 @@ fn handle(config: &ConfigHandle, req: &Request<Incoming>) -> Response<Full<Bytes
             }
         }
         "/config_dump" => {
-            let dump = config.load().to_json();
-            match serde_json::to_string_pretty(&dump) {
-                Ok(json) => respond(StatusCode::OK, "application/json", json + "\n"),
-                Err(error) => respond(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    TEXT,
-                    format!("cannot encode config: {error}\n"),
-                ),
-            }
+            let mut dump = config.load().to_json();
+            let mut certs: Vec<serde_json::Value> = admin
+                .certs
+                .all()
+                .values()
+                .map(|c| {
+                    serde_json::json!({
+                        "spiffe_id": c.id.to_string(),
+                        "not_before": c.not_before,
+                        "not_after": c.not_after,
+                        "renew_at": c.renew_at,
+                        "root_id": c.root_id,
+                        "private_key": "[redacted]",
+                    })
+                })
+                .collect();
+            certs.sort_by(|a, b| a["spiffe_id"].as_str().cmp(&b["spiffe_id"].as_str()));
+            dump["certificates"] = serde_json::Value::Array(certs);
+            json_response(&dump)
         }
+        "/stats" => json_response(&admin.stats.to_json()),
         other => respond(
             StatusCode::NOT_FOUND,
             TEXT,
-            format!("no admin endpoint {other:?}; try /ready or /config_dump\n"),
+            format!("no admin endpoint {other:?}; try /ready, /config_dump or /stats\n"),
         ),
     }
 }

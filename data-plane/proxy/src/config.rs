@@ -6,11 +6,14 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use flotilla_proto::discovery::v1 as pb;
 use flotilla_proto::discovery::v1::resource::Kind;
 use serde_json::{Value, json};
+
+use crate::tls::{SpiffeId, Trust};
 
 /// One instance of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,8 @@ pub struct Endpoint {
     pub healthy: bool,
     /// The allocation it belongs to (informational).
     pub alloc_id: String,
+    /// The identity its node's proxy presents for it (checked on every mesh connection).
+    pub identity: Option<SpiffeId>,
 }
 
 impl Endpoint {
@@ -35,7 +40,14 @@ impl Endpoint {
     pub fn target(&self) -> Target {
         Target {
             addr: self.address,
-            via: if self.local { None } else { self.proxy_addr },
+            via: if self.local {
+                None
+            } else {
+                self.proxy_addr.map(|proxy| Via {
+                    proxy,
+                    identity: self.identity.clone().map(Arc::new),
+                })
+            },
         }
     }
 
@@ -47,24 +59,33 @@ impl Endpoint {
             "proxy_addr": self.proxy_addr.map(|a| a.to_string()),
             "healthy": self.healthy,
             "alloc_id": self.alloc_id,
+            "identity": self.identity.as_ref().map(ToString::to_string),
         })
     }
 }
 
-/// Where an upstream connection goes: `addr`, optionally through the proxy at `via`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where an upstream connection goes: `addr`, optionally through another node's proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     /// The workload's address.
     pub addr: SocketAddr,
-    /// The remote node's proxy inbound listener carrying the connection on to `addr`.
-    pub via: Option<SocketAddr>,
+    /// The remote node's proxy carrying the connection on to `addr`.
+    pub via: Option<Via>,
+}
+
+/// A remote node's proxy inbound listener and the identity it must present.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Via {
+    pub proxy: SocketAddr,
+    /// `None` when the server sent no identity (no CA yet): such endpoints cannot be reached.
+    pub identity: Option<Arc<SpiffeId>>,
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.via {
+        match &self.via {
             None => write!(f, "{}", self.addr),
-            Some(via) => write!(f, "{} via {}", self.addr, via),
+            Some(via) => write!(f, "{} via {}", self.addr, via.proxy),
         }
     }
 }
@@ -119,6 +140,23 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Cluster(_) => "Cluster",
+        Kind::Route(_) => "Route",
+        Kind::Listener(_) => "Listener",
+        Kind::TrustBundle(_) => "TrustBundle",
+        Kind::Authorization(_) => "Authorization",
+    }
+}
+
+fn wrong_kind(kind: &Option<Kind>, expected: &str) -> String {
+    match kind {
+        Some(k) => format!("a {} resource in a {expected} response", kind_name(k)),
+        None => "missing".to_string(),
+    }
+}
+
 fn resource_label(kind: &str, index: usize, name: &str) -> String {
     if name.is_empty() {
         format!("{kind} resources[{index}]")
@@ -146,14 +184,7 @@ pub fn parse_clusters(resources: &[pb::Resource]) -> Result<Vec<Cluster>, Config
         };
         let cluster = match &resource.kind {
             Some(Kind::Cluster(c)) => c,
-            Some(Kind::Route(_)) => {
-                return Err(err(
-                    &resource.name,
-                    "kind",
-                    "a Route resource in a Cluster response".into(),
-                ));
-            }
-            None => return Err(err(&resource.name, "kind", "missing".into())),
+            other => return Err(err(&resource.name, "kind", wrong_kind(other, "Cluster"))),
         };
         let name = if cluster.name.is_empty() {
             resource.name.clone()
@@ -189,6 +220,14 @@ pub fn parse_clusters(resources: &[pb::Resource]) -> Result<Vec<Cluster>, Config
                     "empty: required for a remote endpoint (local = false)".into(),
                 ));
             }
+            let identity = if ep.identity.is_empty() {
+                None
+            } else {
+                Some(
+                    SpiffeId::parse(&ep.identity)
+                        .map_err(|e| err(&name, &format!("endpoints[{i}].identity"), e.to_string()))?,
+                )
+            };
             endpoints.push(Endpoint {
                 address,
                 node_id: ep.node_id.clone(),
@@ -196,6 +235,7 @@ pub fn parse_clusters(resources: &[pb::Resource]) -> Result<Vec<Cluster>, Config
                 proxy_addr,
                 healthy: ep.healthy,
                 alloc_id: ep.alloc_id.clone(),
+                identity,
             });
         }
         clusters.push(Cluster {
@@ -218,10 +258,7 @@ pub fn parse_routes(resources: &[pb::Resource]) -> Result<Vec<Route>, ConfigErro
         };
         let route = match &resource.kind {
             Some(Kind::Route(r)) => r,
-            Some(Kind::Cluster(_)) => {
-                return Err(err("kind", "a Cluster resource in a Route response".into()));
-            }
-            None => return Err(err("kind", "missing".into())),
+            other => return Err(err("kind", wrong_kind(other, "Route"))),
         };
         if !route.path_prefix.starts_with('/') {
             return Err(err(
@@ -257,6 +294,270 @@ pub fn parse_routes(resources: &[pb::Resource]) -> Result<Vec<Route>, ConfigErro
     Ok(routes)
 }
 
+/// An upstream listener: the app of `alloc_id` connects to `bind`, and the connection is
+/// carried as `source_service` to a healthy instance of `destination`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamListener {
+    /// `<alloc_id>/<destination>`, unique per node.
+    pub name: String,
+    pub alloc_id: String,
+    pub source_service: String,
+    pub namespace: String,
+    pub destination: String,
+    pub destination_namespace: String,
+    pub bind: SocketAddr,
+}
+
+impl UpstreamListener {
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "alloc_id": self.alloc_id,
+            "source_service": self.source_service,
+            "namespace": self.namespace,
+            "destination": self.destination,
+            "destination_namespace": self.destination_namespace,
+            "bind": self.bind.to_string(),
+        })
+    }
+}
+
+/// Parses and validates a full set of `Listener` resources.
+pub fn parse_listeners(resources: &[pb::Resource]) -> Result<Vec<UpstreamListener>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut binds = HashSet::new();
+    let mut out = Vec::with_capacity(resources.len());
+    for (index, resource) in resources.iter().enumerate() {
+        let err = |field: &str, problem: String| ConfigError {
+            resource: resource_label("listener", index, &resource.name),
+            field: field.to_owned(),
+            problem,
+        };
+        let l = match &resource.kind {
+            Some(Kind::Listener(l)) => l,
+            other => return Err(err("kind", wrong_kind(other, "Listener"))),
+        };
+        for (field, value) in [
+            ("name", &l.name),
+            ("source_service", &l.source_service),
+            ("destination", &l.destination),
+        ] {
+            if value.is_empty() {
+                return Err(err(field, "empty".into()));
+            }
+        }
+        let ip: IpAddr = l.bind_address.parse().map_err(|_| {
+            err(
+                "bind_address",
+                format!("{:?} is not an IP address", l.bind_address),
+            )
+        })?;
+        let port = u16::try_from(l.bind_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| err("bind_port", format!("{} is not a port (1-65535)", l.bind_port)))?;
+        let bind = SocketAddr::new(ip, port);
+        if !names.insert(l.name.clone()) {
+            return Err(err("name", format!("duplicate listener name {:?}", l.name)));
+        }
+        if !binds.insert(bind) {
+            return Err(err(
+                "bind_port",
+                format!("{bind} is used by two listeners on this node"),
+            ));
+        }
+        out.push(UpstreamListener {
+            name: l.name.clone(),
+            alloc_id: l.alloc_id.clone(),
+            source_service: l.source_service.clone(),
+            namespace: if l.namespace.is_empty() {
+                "default".into()
+            } else {
+                l.namespace.clone()
+            },
+            destination: l.destination.clone(),
+            destination_namespace: l.destination_namespace.clone(),
+            bind,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses the trust bundle (zero or one resource).
+pub fn parse_trust(resources: &[pb::Resource]) -> Result<Option<Trust>, ConfigError> {
+    let mut trust = None;
+    for (index, resource) in resources.iter().enumerate() {
+        let err = |field: &str, problem: String| ConfigError {
+            resource: resource_label("trust bundle", index, &resource.name),
+            field: field.to_owned(),
+            problem,
+        };
+        let tb = match &resource.kind {
+            Some(Kind::TrustBundle(tb)) => tb,
+            other => return Err(err("kind", wrong_kind(other, "TrustBundle"))),
+        };
+        if trust.is_some() {
+            return Err(err("name", "more than one trust bundle".into()));
+        }
+        if tb.trust_domain.is_empty() {
+            return Err(err("trust_domain", "empty".into()));
+        }
+        if tb.roots_pem.is_empty() {
+            return Err(err("roots_pem", "empty: at least one root is needed".into()));
+        }
+        trust = Some(
+            Trust::from_pem(&tb.trust_domain, &tb.roots_pem, &tb.active_root_id)
+                .map_err(|p| err("roots_pem", p))?,
+        );
+    }
+    Ok(trust)
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl Action {
+    fn parse(value: &str) -> Option<Action> {
+        match value {
+            "allow" => Some(Action::Allow),
+            "deny" => Some(Action::Deny),
+            _ => None,
+        }
+    }
+
+    /// `"allow"` or `"deny"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+/// One intention as the proxy evaluates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentionRule {
+    pub source: String,
+    pub destination: String,
+    pub action: Action,
+    pub precedence: u32,
+}
+
+/// Who may connect to whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    pub default_action: Action,
+    /// Highest precedence first.
+    pub rules: Vec<IntentionRule>,
+}
+
+impl Default for Authorization {
+    /// Nothing received yet: deny (fail closed).
+    fn default() -> Self {
+        Authorization {
+            default_action: Action::Deny,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// The decision for one connection and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// The intention that decided, as `src => dst`, or `None` when the default applied.
+    pub matched: Option<String>,
+}
+
+impl Authorization {
+    /// The highest-precedence intention matching `source` → `destination`, else the default.
+    pub fn decide(&self, source: &str, destination: &str) -> Decision {
+        let hit = self.rules.iter().find(|r| {
+            (r.source == "*" || r.source == source)
+                && (r.destination == "*" || r.destination == destination)
+        });
+        match hit {
+            Some(r) => Decision {
+                action: r.action,
+                matched: Some(format!("{} => {}", r.source, r.destination)),
+            },
+            None => Decision {
+                action: self.default_action,
+                matched: None,
+            },
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "default_action": self.default_action.as_str(),
+            "intentions": self.rules.iter().map(|r| json!({
+                "source": r.source,
+                "destination": r.destination,
+                "action": r.action.as_str(),
+                "precedence": r.precedence,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Parses the authorization resource (exactly one when present).
+pub fn parse_authorization(resources: &[pb::Resource]) -> Result<Authorization, ConfigError> {
+    let mut out: Option<Authorization> = None;
+    for (index, resource) in resources.iter().enumerate() {
+        let err = |field: &str, problem: String| ConfigError {
+            resource: resource_label("authorization", index, &resource.name),
+            field: field.to_owned(),
+            problem,
+        };
+        let a = match &resource.kind {
+            Some(Kind::Authorization(a)) => a,
+            other => return Err(err("kind", wrong_kind(other, "Authorization"))),
+        };
+        if out.is_some() {
+            return Err(err("name", "more than one authorization resource".into()));
+        }
+        let default_action = Action::parse(&a.default_action).ok_or_else(|| {
+            err(
+                "default_action",
+                format!("{:?} is not \"allow\" or \"deny\"", a.default_action),
+            )
+        })?;
+        let mut rules = Vec::with_capacity(a.intentions.len());
+        for (i, r) in a.intentions.iter().enumerate() {
+            let action = Action::parse(&r.action).ok_or_else(|| {
+                err(
+                    &format!("intentions[{i}].action"),
+                    format!("{:?} is not \"allow\" or \"deny\"", r.action),
+                )
+            })?;
+            if r.source.is_empty() || r.destination.is_empty() {
+                return Err(err(
+                    &format!("intentions[{i}]"),
+                    "source and destination are required".into(),
+                ));
+            }
+            rules.push(IntentionRule {
+                source: r.source.clone(),
+                destination: r.destination.clone(),
+                action,
+                precedence: r.precedence,
+            });
+        }
+        // Stable: equal precedence keeps the server's order.
+        rules.sort_by_key(|r| std::cmp::Reverse(r.precedence));
+        out = Some(Authorization {
+            default_action,
+            rules,
+        });
+    }
+    Ok(out.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +581,7 @@ mod tests {
             proxy_addr: proxy_addr.into(),
             healthy: true,
             alloc_id: "a1".into(),
+            identity: String::new(),
         }
     }
 
@@ -307,7 +609,10 @@ mod tests {
         assert_eq!(clusters.len(), 1);
         let eps = &clusters[0].endpoints;
         assert_eq!(eps[0].target().via, None);
-        assert_eq!(eps[1].target().via, Some("10.0.0.2:15008".parse().unwrap()));
+        assert_eq!(
+            eps[1].target().via.map(|v| v.proxy),
+            Some("10.0.0.2:15008".parse().unwrap())
+        );
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub enum ProxyError {
         addr: SocketAddr,
         error: io::Error,
     },
+    /// The mesh TLS configuration could not be built.
+    #[error("mesh TLS setup: {0}")]
+    Tls(rustls::Error),
     /// The admin listener's thread or runtime could not be started.
     #[error("admin listener {addr}: could not start its thread: {error}")]
     AdminThread { addr: SocketAddr, error: io::Error },
@@ -84,6 +87,13 @@ pub enum RequestError {
         endpoint: SocketAddr,
         error: ConnectError,
     },
+    /// An intention forbids this connection (403).
+    #[error("{caller} => {destination}: {reason}")]
+    Denied {
+        caller: String,
+        destination: String,
+        reason: String,
+    },
     /// The request was (maybe partly) sent and then failed (502). Not safe to retry.
     #[error("upstream request failed: service {service:?} endpoint {endpoint}: {error}")]
     Upstream {
@@ -97,7 +107,7 @@ impl RequestError {
     /// Where the error came from.
     pub fn origin(&self) -> Origin {
         match self {
-            RequestError::NoRoute { .. } => Origin::Downstream,
+            RequestError::NoRoute { .. } | RequestError::Denied { .. } => Origin::Downstream,
             RequestError::NoHealthyInstance { .. }
             | RequestError::Connect { .. }
             | RequestError::Upstream { .. } => Origin::Upstream,
@@ -107,7 +117,9 @@ impl RequestError {
     /// True when the request never reached an upstream, so sending it elsewhere is safe.
     pub fn is_retry_safe(&self) -> bool {
         match self {
-            RequestError::NoRoute { .. } | RequestError::Upstream { .. } => false,
+            RequestError::NoRoute { .. }
+            | RequestError::Upstream { .. }
+            | RequestError::Denied { .. } => false,
             RequestError::NoHealthyInstance { .. } | RequestError::Connect { .. } => true,
         }
     }
@@ -116,6 +128,7 @@ impl RequestError {
     pub fn status(&self) -> StatusCode {
         match self {
             RequestError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            RequestError::Denied { .. } => StatusCode::FORBIDDEN,
             RequestError::NoHealthyInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::Connect { .. } | RequestError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }

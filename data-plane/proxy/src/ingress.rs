@@ -26,7 +26,9 @@ use crate::error::RequestError;
 use crate::headers;
 use crate::router::{self, normalize_host};
 use crate::snapshot::ConfigHandle;
-use crate::upstream::{SendError, Upstream, UpstreamBody};
+use crate::config::Action;
+use crate::tls::issuer::INGRESS_SERVICE;
+use crate::upstream::{ConnectError, SendError, TunnelError, Upstream, UpstreamBody};
 
 /// Body type of responses to ingress clients.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
@@ -101,6 +103,19 @@ impl Ingress {
         if healthy.is_empty() {
             return Err(no_healthy());
         }
+        let decision = snapshot.authorize(INGRESS_SERVICE, service);
+        if decision.action == Action::Deny {
+            return Err(RequestError::Denied {
+                caller: INGRESS_SERVICE.to_owned(),
+                destination: service.to_owned(),
+                reason: decision
+                    .matched
+                    .map(|m| format!("intention {m} denies it"))
+                    .unwrap_or_else(|| {
+                        "no intention allows it and the default policy is deny".to_owned()
+                    }),
+            });
+        }
         let mut req = prepare_request(req, peer, raw_host);
         let mut last_failure = None;
         for index in cluster
@@ -109,8 +124,27 @@ impl Ingress {
         {
             let endpoint = &healthy[index];
             let target = endpoint.target();
-            match self.upstream.send(target, req).await {
+            match self.upstream.send(target.clone(), req).await {
                 Ok(resp) => return Ok(finish_response(resp)),
+                Err(SendError::Connect {
+                    error:
+                        ConnectError::Tunnel {
+                            error:
+                                TunnelError::Refused {
+                                    status: StatusCode::FORBIDDEN,
+                                    message,
+                                },
+                            ..
+                        },
+                    ..
+                }) => {
+                    // The peer's intentions said no; another instance would say the same.
+                    return Err(RequestError::Denied {
+                        caller: INGRESS_SERVICE.to_owned(),
+                        destination: service.to_owned(),
+                        reason: message,
+                    });
+                }
                 Err(SendError::Connect { error, request }) => {
                     warn!(service, %target, %error, "upstream connect failed (nothing sent; safe to retry)");
                     req = *request;

@@ -13,20 +13,23 @@
 //! ```text
 //!  control plane ──gRPC Stream──▶ xds::DiscoveryClient ──validate (config)──▶ ArcSwap<Snapshot>
 //!                 ◀── ACK / NACK ─┘                                              │ load()
-//!  client ──HTTP──▶ ingress ──router──▶ balance (round robin, healthy only) ─────┘
+//!                ◀── CSR ── tls::issuer (key stays here) ──▶ tls::Certs ─────────┤
+//!  client ──HTTP──▶ ingress ──router──▶ balance (round robin, healthy only) ─────┤
+//!  app ──TCP──▶ 127.0.0.1:<upstream port> (outbound) ──balance───────────────────┘
 //!                      │
-//!                      ▼ upstream (pooled HTTP/1.1)
-//!          local endpoint: TCP to the workload
-//!          remote endpoint: TCP to the peer's inbound ──CONNECT addr──▶ peer inbound
-//!                                                         (local endpoint check) ──▶ workload
-//!  admin (own thread, current-thread runtime): /ready, /config_dump
+//!                      ├─ local instance: intention check, TCP to the workload (splice for L4)
+//!                      └─ remote instance: mTLS (as the source service) to the peer's inbound
+//!                           ──CONNECT addr──▶ peer inbound: client cert → SPIFFE ID,
+//!                                             intention check, local-instance check ──▶ workload
+//!  admin (own thread, current-thread runtime): /ready, /config_dump, /stats
 //! ```
 //!
 //! # Threads and listeners
 //! | listener | default | runs on |
 //! |---|---|---|
 //! | ingress (HTTP/1.1, h2c) | `0.0.0.0:8080` | the caller's runtime |
-//! | inbound (CONNECT tunnels between nodes; mTLS later) | `0.0.0.0:15008` | the caller's runtime |
+//! | inbound (mTLS CONNECT tunnels between nodes) | `0.0.0.0:15008` | the caller's runtime |
+//! | upstream listeners (one per Connect upstream) | `127.0.0.1:<local_bind_port>` | the caller's runtime |
 //! | admin | `127.0.0.1:19000` | its own thread and current-thread runtime |
 //!
 //! Shutdown ([`drain`]): stop accepting, let in-flight requests and tunnels finish for up to the
@@ -40,13 +43,17 @@ pub mod error;
 pub mod headers;
 pub mod inbound;
 pub mod ingress;
+pub mod outbound;
 pub mod router;
 pub mod snapshot;
+pub mod stats;
+pub mod tls;
 pub mod upstream;
 pub mod xds;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -55,10 +62,14 @@ use tracing::{info, warn};
 pub use crate::error::{Listener, Origin, ProxyError, RequestError};
 pub use crate::snapshot::{ApplyError, ConfigHandle, Snapshot, Versions};
 
-use crate::admin::AdminServer;
+use crate::admin::{AdminServer, AdminState};
 use crate::drain::Drain;
 use crate::inbound::Inbound;
 use crate::ingress::Ingress;
+use crate::outbound::Outbound;
+use crate::stats::Stats;
+use crate::tls::MeshTls;
+pub use crate::tls::issuer::NodeIdentity;
 use crate::upstream::{Upstream, UpstreamConfig};
 use crate::xds::DiscoveryClient;
 
@@ -98,6 +109,7 @@ pub struct BoundProxy {
     config: ConfigHandle,
     drain_grace: Duration,
     upstream: UpstreamConfig,
+    l4_mode: flotilla_forward::Mode,
 }
 
 async fn bind_tokio(
@@ -141,6 +153,7 @@ impl BoundProxy {
             config: ConfigHandle::new(),
             drain_grace: DEFAULT_DRAIN_GRACE,
             upstream: UpstreamConfig::default(),
+            l4_mode: flotilla_forward::Mode::Auto,
         })
     }
 
@@ -176,20 +189,44 @@ impl BoundProxy {
         self
     }
 
+    /// Plaintext L4 legs: splice (default, [`flotilla_forward::Mode::Auto`]) or buffered copy.
+    pub fn with_l4_mode(mut self, mode: flotilla_forward::Mode) -> Self {
+        self.l4_mode = mode;
+        self
+    }
+
     /// Serves until `shutdown` resolves, then drains. `server` is the control plane's gRPC URL,
     /// e.g. `"http://127.0.0.1:4647"`; it is checked up front, then (re)connected forever.
+    /// `node` identifies this node to the CA.
     pub async fn run(
         self,
-        node_id: String,
+        node: NodeIdentity,
         server: String,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ProxyError> {
         let endpoint = xds::endpoint(&server)?;
+        let node_id = node.node_id.clone();
+        let stats = Arc::new(Stats::default());
+        let tls = MeshTls::new(self.config.clone(), stats.clone()).map_err(ProxyError::Tls)?;
+        match flotilla_forward::detect_ktls() {
+            flotilla_forward::Ktls::Available => {
+                info!("kernel TLS is available; encrypted legs still use userspace rustls")
+            }
+            flotilla_forward::Ktls::Unavailable(why) => {
+                info!(reason = %why, "kernel TLS unavailable; encrypted legs use userspace rustls")
+            }
+        }
         let admin_addr = self.admin_addr();
         let admin = match self.admin {
-            Some((listener, addr)) => {
-                Some(AdminServer::start(listener, addr, self.config.clone())?)
-            }
+            Some((listener, addr)) => Some(AdminServer::start(
+                listener,
+                addr,
+                AdminState {
+                    config: self.config.clone(),
+                    stats: stats.clone(),
+                    certs: tls.certs().clone(),
+                },
+            )?),
             None => None,
         };
         info!(
@@ -202,9 +239,26 @@ impl BoundProxy {
         );
 
         let drain = Drain::new();
-        let upstream = Upstream::new(self.upstream.clone());
+        let upstream = Upstream::new(self.upstream.clone(), tls.clone());
+        let channel = endpoint.connect_lazy();
         let discovery =
             tokio::spawn(DiscoveryClient::new(node_id, endpoint, self.config.clone()).run());
+        let issuer = tokio::spawn(tls::issuer::run(
+            node,
+            channel,
+            self.config.clone(),
+            tls.certs().clone(),
+        ));
+        let outbound = tokio::spawn(outbound::run(
+            Outbound::new(
+                self.config.clone(),
+                tls.clone(),
+                stats.clone(),
+                self.upstream.connect_timeout,
+                self.l4_mode,
+            ),
+            drain.clone(),
+        ));
         let pruner = tokio::spawn({
             let upstream = upstream.clone();
             async move {
@@ -222,7 +276,12 @@ impl BoundProxy {
         ));
         let inbound = tokio::spawn(inbound::serve(
             self.inbound,
-            Inbound::new(self.config.clone(), self.upstream.connect_timeout),
+            Inbound::new(
+                self.config.clone(),
+                tls.clone(),
+                stats.clone(),
+                self.upstream.connect_timeout,
+            ),
             drain.clone(),
         ));
 
@@ -235,6 +294,7 @@ impl BoundProxy {
         // Accept loops exit on the signal, closing the listeners.
         let _ = ingress.await;
         let _ = inbound.await;
+        let _ = outbound.await;
         if drain.shutdown(self.drain_grace).await {
             info!("drained");
         } else {
@@ -244,6 +304,7 @@ impl BoundProxy {
             );
         }
         discovery.abort();
+        issuer.abort();
         pruner.abort();
         if let Some(admin) = admin {
             admin.stop().await;

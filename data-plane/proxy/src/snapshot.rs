@@ -9,11 +9,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use flotilla_proto::discovery::v1::{CLUSTER_TYPE, DiscoveryResponse, ROUTE_TYPE};
+use flotilla_proto::discovery::v1::{
+    ALL_TYPES, AUTHORIZATION_TYPE, CLUSTER_TYPE, DiscoveryResponse, LISTENER_TYPE, ROUTE_TYPE,
+    TRUST_BUNDLE_TYPE,
+};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::balance::RoundRobin;
-use crate::config::{self, Cluster, ConfigError, Endpoint, Route};
+use crate::config::{
+    self, Authorization, Cluster, ConfigError, Decision, Endpoint, Route, UpstreamListener,
+};
+use crate::tls::Trust;
 
 /// A cluster as the request path uses it: its config, the healthy subset, a balancer.
 #[derive(Debug)]
@@ -58,18 +65,18 @@ impl ClusterEntry {
 #[derive(Debug, Default)]
 struct ClusterSet {
     by_name: HashMap<String, Arc<ClusterEntry>>,
-    /// Addresses of endpoints running on this node: the only targets the inbound listener
-    /// accepts.
-    local_endpoints: HashSet<SocketAddr>,
+    /// (service, address) of endpoints running on this node: the only targets the inbound
+    /// listener accepts, and only for the service the caller asked for.
+    local_endpoints: HashSet<(String, SocketAddr)>,
 }
 
 impl ClusterSet {
     fn new(clusters: Vec<Cluster>) -> Self {
         let local_endpoints = clusters
             .iter()
-            .flat_map(|c| c.endpoints.iter())
-            .filter(|e| e.local)
-            .map(|e| e.address)
+            .flat_map(|c| c.endpoints.iter().map(move |e| (c, e)))
+            .filter(|(_, e)| e.local)
+            .map(|(c, e)| (c.name.clone(), e.address))
             .collect();
         let by_name = clusters
             .into_iter()
@@ -89,15 +96,49 @@ pub struct Versions {
     pub clusters: Option<String>,
     /// Version of the applied `Route` set.
     pub routes: Option<String>,
+    /// Version of the applied `Listener` set.
+    pub listeners: Option<String>,
+    /// Version of the applied trust bundle.
+    pub trust: Option<String>,
+    /// Version of the applied intentions.
+    pub authorization: Option<String>,
+}
+
+impl Versions {
+    fn slot(&mut self, type_url: &str) -> Option<&mut Option<String>> {
+        Some(match type_url {
+            CLUSTER_TYPE => &mut self.clusters,
+            ROUTE_TYPE => &mut self.routes,
+            LISTENER_TYPE => &mut self.listeners,
+            TRUST_BUNDLE_TYPE => &mut self.trust,
+            AUTHORIZATION_TYPE => &mut self.authorization,
+            _ => return None,
+        })
+    }
+
+    /// The version applied for `type_url`.
+    pub fn of(&self, type_url: &str) -> Option<&str> {
+        match type_url {
+            CLUSTER_TYPE => self.clusters.as_deref(),
+            ROUTE_TYPE => self.routes.as_deref(),
+            LISTENER_TYPE => self.listeners.as_deref(),
+            TRUST_BUNDLE_TYPE => self.trust.as_deref(),
+            AUTHORIZATION_TYPE => self.authorization.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// One immutable, consistent view of the proxy's config.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     clusters: Arc<ClusterSet>,
     /// Sorted for matching: longest path prefix first; at equal length a route with a host
     /// before an any-host route; otherwise in the order the server sent them.
     routes: Arc<[Route]>,
+    listeners: Arc<[UpstreamListener]>,
+    trust: Option<Arc<Trust>>,
+    authorization: Arc<Authorization>,
     versions: Versions,
 }
 
@@ -107,14 +148,36 @@ impl Snapshot {
         self.clusters.by_name.get(name).map(|c| &**c)
     }
 
+    /// All clusters, in no particular order.
+    pub fn clusters(&self) -> impl Iterator<Item = &ClusterEntry> {
+        self.clusters.by_name.values().map(|c| &**c)
+    }
+
     /// Routes in matching order (see the field docs).
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
 
-    /// Whether `addr` is an endpoint on this node (`local == true` in some cluster).
-    pub fn is_local_endpoint(&self, addr: SocketAddr) -> bool {
-        self.clusters.local_endpoints.contains(&addr)
+    /// Upstream listeners this node must open.
+    pub fn listeners(&self) -> &[UpstreamListener] {
+        &self.listeners
+    }
+
+    /// The CA roots peers are verified against, once received.
+    pub fn trust(&self) -> Option<&Trust> {
+        self.trust.as_deref()
+    }
+
+    /// Whether a connection from `source` to `destination` (service names) is allowed.
+    pub fn authorize(&self, source: &str, destination: &str) -> Decision {
+        self.authorization.decide(source, destination)
+    }
+
+    /// Whether `addr` is an instance of `service` on this node.
+    pub fn is_local_endpoint_of(&self, service: &str, addr: SocketAddr) -> bool {
+        self.clusters
+            .local_endpoints
+            .contains(&(service.to_string(), addr))
     }
 
     /// The versions applied per type.
@@ -122,12 +185,12 @@ impl Snapshot {
         &self.versions
     }
 
-    /// True once both resource types have been applied at least once.
+    /// True once every resource type has been applied at least once.
     pub fn is_ready(&self) -> bool {
-        self.versions.clusters.is_some() && self.versions.routes.is_some()
+        ALL_TYPES.iter().all(|t| self.versions.of(t).is_some())
     }
 
-    /// The snapshot as JSON for `/config_dump` (clusters sorted by name).
+    /// The snapshot as JSON for `/config_dump` (clusters sorted by name; no key material).
     pub fn to_json(&self) -> Value {
         let mut names: Vec<&String> = self.clusters.by_name.keys().collect();
         names.sort();
@@ -140,9 +203,19 @@ impl Snapshot {
             "versions": {
                 "clusters": self.versions.clusters,
                 "routes": self.versions.routes,
+                "listeners": self.versions.listeners,
+                "trust": self.versions.trust,
+                "authorization": self.versions.authorization,
             },
             "clusters": clusters,
             "routes": self.routes.iter().map(Route::to_json).collect::<Vec<_>>(),
+            "listeners": self.listeners.iter().map(UpstreamListener::to_json).collect::<Vec<_>>(),
+            "trust": self.trust.as_ref().map(|t| json!({
+                "trust_domain": t.trust_domain,
+                "roots": t.roots,
+                "active_root_id": t.active_root_id,
+            })),
+            "authorization": self.authorization.to_json(),
         })
     }
 }
@@ -160,14 +233,26 @@ pub enum ApplyError {
     #[error(transparent)]
     Invalid(#[from] ConfigError),
     /// The response's type URL is not one this proxy knows.
-    #[error("unknown type_url {0:?} (expected {CLUSTER_TYPE:?} or {ROUTE_TYPE:?})")]
+    #[error("unknown type_url {0:?} (expected one of {ALL_TYPES:?})")]
     UnknownType(String),
 }
 
 /// Shared handle to the current [`Snapshot`]. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConfigHandle {
     current: Arc<ArcSwap<Snapshot>>,
+    /// Bumped on every change, for background tasks that follow the config (listeners,
+    /// certificates). The request path never waits on it.
+    generation: Arc<watch::Sender<u64>>,
+}
+
+impl Default for ConfigHandle {
+    fn default() -> Self {
+        ConfigHandle {
+            current: Arc::default(),
+            generation: Arc::new(watch::channel(0).0),
+        }
+    }
 }
 
 impl ConfigHandle {
@@ -181,49 +266,75 @@ impl ConfigHandle {
         self.current.load_full()
     }
 
-    /// Whether both resource types have been applied.
+    /// Whether every resource type has been applied.
     pub fn is_ready(&self) -> bool {
         self.current.load().is_ready()
+    }
+
+    /// Resolves each time the config changes (see [`watch::Receiver::changed`]).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn update(&self, type_url: &str, version: String, change: impl Fn(&mut Snapshot)) {
+        self.current.rcu(|old| {
+            let mut next = Snapshot::clone(old);
+            change(&mut next);
+            if let Some(slot) = next.versions.slot(type_url) {
+                *slot = Some(version.clone());
+            }
+            next
+        });
+        self.generation.send_modify(|g| *g += 1);
     }
 
     /// Replaces all clusters (state of the world) and records `version`.
     pub fn apply_clusters(&self, version: impl Into<String>, clusters: Vec<Cluster>) {
         let set = Arc::new(ClusterSet::new(clusters));
-        let version = version.into();
-        self.current.rcu(|old| Snapshot {
-            clusters: set.clone(),
-            routes: old.routes.clone(),
-            versions: Versions {
-                clusters: Some(version.clone()),
-                routes: old.versions.routes.clone(),
-            },
-        });
+        self.update(CLUSTER_TYPE, version.into(), |s| s.clusters = set.clone());
     }
 
     /// Replaces all routes (state of the world) and records `version`.
     pub fn apply_routes(&self, version: impl Into<String>, routes: Vec<Route>) {
         let routes = sort_routes(routes);
-        let version = version.into();
-        self.current.rcu(|old| Snapshot {
-            clusters: old.clusters.clone(),
-            routes: routes.clone(),
-            versions: Versions {
-                clusters: old.versions.clusters.clone(),
-                routes: Some(version.clone()),
-            },
+        self.update(ROUTE_TYPE, version.into(), |s| s.routes = routes.clone());
+    }
+
+    /// Replaces the upstream listeners and records `version`.
+    pub fn apply_listeners(&self, version: impl Into<String>, listeners: Vec<UpstreamListener>) {
+        let listeners: Arc<[UpstreamListener]> = listeners.into();
+        self.update(LISTENER_TYPE, version.into(), |s| {
+            s.listeners = listeners.clone()
+        });
+    }
+
+    /// Replaces the trust bundle and records `version`.
+    pub fn apply_trust(&self, version: impl Into<String>, trust: Option<Trust>) {
+        let trust = trust.map(Arc::new);
+        self.update(TRUST_BUNDLE_TYPE, version.into(), |s| {
+            s.trust = trust.clone()
+        });
+    }
+
+    /// Replaces the intentions and records `version`.
+    pub fn apply_authorization(&self, version: impl Into<String>, authz: Authorization) {
+        let authz = Arc::new(authz);
+        self.update(AUTHORIZATION_TYPE, version.into(), |s| {
+            s.authorization = authz.clone()
         });
     }
 
     /// Validates a whole discovery response and applies it, or leaves the snapshot untouched.
     pub fn apply_response(&self, response: &DiscoveryResponse) -> Result<(), ApplyError> {
+        let version = response.version_info.clone();
+        let resources = &response.resources;
         match response.type_url.as_str() {
-            CLUSTER_TYPE => {
-                let clusters = config::parse_clusters(&response.resources)?;
-                self.apply_clusters(response.version_info.clone(), clusters);
-            }
-            ROUTE_TYPE => {
-                let routes = config::parse_routes(&response.resources)?;
-                self.apply_routes(response.version_info.clone(), routes);
+            CLUSTER_TYPE => self.apply_clusters(version, config::parse_clusters(resources)?),
+            ROUTE_TYPE => self.apply_routes(version, config::parse_routes(resources)?),
+            LISTENER_TYPE => self.apply_listeners(version, config::parse_listeners(resources)?),
+            TRUST_BUNDLE_TYPE => self.apply_trust(version, config::parse_trust(resources)?),
+            AUTHORIZATION_TYPE => {
+                self.apply_authorization(version, config::parse_authorization(resources)?)
             }
             other => return Err(ApplyError::UnknownType(other.to_owned())),
         }
@@ -232,13 +343,12 @@ impl ConfigHandle {
 
     /// The last applied version of `type_url` (empty if none), as sent in ACKs and NACKs.
     pub fn version_of(&self, type_url: &str) -> String {
-        let snapshot = self.current.load();
-        let v = match type_url {
-            CLUSTER_TYPE => &snapshot.versions.clusters,
-            ROUTE_TYPE => &snapshot.versions.routes,
-            _ => &None,
-        };
-        v.clone().unwrap_or_default()
+        self.current
+            .load()
+            .versions
+            .of(type_url)
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -262,6 +372,7 @@ mod tests {
             proxy_addr: (!local).then(|| "10.9.9.9:15008".parse().unwrap()),
             healthy,
             alloc_id: String::new(),
+            identity: None,
         }
     }
 
@@ -294,12 +405,17 @@ mod tests {
         );
         assert!(!h.is_ready());
         h.apply_routes("r1", vec![route("", "/", "s")]);
+        assert!(!h.is_ready());
+        h.apply_listeners("l1", Vec::new());
+        h.apply_trust("t1", None);
+        h.apply_authorization("a1", Authorization::default());
         let snap = h.load();
         assert!(snap.is_ready());
         assert_eq!(snap.versions().clusters.as_deref(), Some("c1"));
         assert_eq!(snap.cluster("s").map(|c| c.healthy().len()), Some(1));
-        assert!(snap.is_local_endpoint("127.0.0.1:1".parse().unwrap()));
-        assert!(!snap.is_local_endpoint("10.0.0.1:1".parse().unwrap()));
+        assert!(snap.is_local_endpoint_of("s", "127.0.0.1:1".parse().unwrap()));
+        assert!(!snap.is_local_endpoint_of("other", "127.0.0.1:1".parse().unwrap()));
+        assert!(!snap.is_local_endpoint_of("s", "10.0.0.1:1".parse().unwrap()));
         assert_eq!(h.version_of(ROUTE_TYPE), "r1");
         let dump = snap.to_json();
         assert_eq!(dump["versions"]["clusters"], "c1");

@@ -1,5 +1,6 @@
-//! Upstream connections: connect directly or through a peer proxy's CONNECT tunnel, and pool
-//! HTTP/1.1 connections per [`Target`].
+//! Upstream connections: connect directly or through a peer proxy's CONNECT tunnel (over mTLS,
+//! as the node's ingress identity), and pool HTTP/1.1 connections per [`Target`] — so L7
+//! traffic to another node reuses established TLS connections.
 //!
 //! A connection is checked out (idle one, or a new one) before the request is handed over, so a
 //! connect failure gives the request back to the caller, which may try another endpoint. A pooled
@@ -25,6 +26,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 pub use crate::config::Target;
+use crate::tls::MeshTls;
+use crate::tls::issuer::{INGRESS_NAMESPACE, INGRESS_SERVICE};
 
 /// Body type of requests sent upstream.
 pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
@@ -59,6 +62,13 @@ pub enum ConnectError {
     /// The whole connect step took longer than the connect timeout.
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    /// The mTLS handshake with the peer proxy failed (or this node has no certificate yet).
+    #[error("mTLS to proxy {proxy}: {error}")]
+    Tls { proxy: SocketAddr, error: io::Error },
+    /// The endpoint's identity is unknown (the control plane's CA is not set up), so the
+    /// peer proxy cannot be authenticated.
+    #[error("endpoint behind proxy {proxy} has no identity to verify")]
+    NoIdentity { proxy: SocketAddr },
     /// The peer proxy refused or broke the CONNECT tunnel.
     #[error("tunnel through proxy {proxy}: {error}")]
     Tunnel {
@@ -145,6 +155,7 @@ struct Idle {
 /// Pooled HTTP/1.1 client for upstream endpoints.
 pub struct Upstream {
     cfg: UpstreamConfig,
+    tls: Arc<MeshTls>,
     idle: Mutex<HashMap<Target, Vec<Idle>>>,
 }
 
@@ -156,9 +167,10 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// An empty pool.
-    pub fn new(cfg: UpstreamConfig) -> Arc<Self> {
+    pub fn new(cfg: UpstreamConfig, tls: Arc<MeshTls>) -> Arc<Self> {
         Arc::new(Upstream {
             cfg,
+            tls,
             idle: Mutex::new(HashMap::new()),
         })
     }
@@ -170,7 +182,7 @@ impl Upstream {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, SendError> {
         // Pooled connections first; one that closed under us hands the request back.
-        while let Some(mut tx) = self.take_idle(target) {
+        while let Some(mut tx) = self.take_idle(&target) {
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     self.release(target, tx);
@@ -185,7 +197,7 @@ impl Upstream {
                 },
             }
         }
-        let mut tx = match self.connect(target).await {
+        let mut tx = match self.connect(&target).await {
             Ok(tx) => tx,
             Err(error) => {
                 return Err(SendError::Connect {
@@ -220,9 +232,9 @@ impl Upstream {
         }
     }
 
-    fn take_idle(&self, target: Target) -> Option<SendRequest<UpstreamBody>> {
+    fn take_idle(&self, target: &Target) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().ok()?;
-        let conns = idle.get_mut(&target)?;
+        let conns = idle.get_mut(target)?;
         let mut found = None;
         while let Some(c) = conns.pop() {
             if c.tx.is_ready() && c.since.elapsed() < self.cfg.idle_timeout {
@@ -231,7 +243,7 @@ impl Upstream {
             }
         }
         if conns.is_empty() {
-            idle.remove(&target);
+            idle.remove(target);
         }
         found
     }
@@ -258,9 +270,9 @@ impl Upstream {
         });
     }
 
-    async fn connect(&self, target: Target) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    async fn connect(&self, target: &Target) -> Result<SendRequest<UpstreamBody>, ConnectError> {
         let timeout = self.cfg.connect_timeout;
-        tokio::time::timeout(timeout, connect(target))
+        tokio::time::timeout(timeout, connect(&self.tls, target))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
     }
@@ -275,17 +287,45 @@ async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
     Ok(tcp)
 }
 
-async fn connect(target: Target) -> Result<SendRequest<UpstreamBody>, ConnectError> {
-    match target.via {
+async fn connect(
+    tls: &MeshTls,
+    target: &Target,
+) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    match &target.via {
         None => handshake(TokioIo::new(tcp_connect(target.addr).await?)).await,
-        Some(proxy) => {
-            let tcp = tcp_connect(proxy).await?;
-            let tunnel = open_tunnel(tcp, target.addr)
-                .await
-                .map_err(|error| ConnectError::Tunnel { proxy, error })?;
+        Some(via) => {
+            let tunnel = mesh_tunnel(
+                tls,
+                &crate::tls::service_key(INGRESS_NAMESPACE, INGRESS_SERVICE),
+                via,
+                target.addr,
+            )
+            .await?;
             handshake(tunnel).await
         }
     }
+}
+
+/// TCP to the peer proxy, mTLS as local service `source_key`, then a CONNECT tunnel to `addr`.
+pub async fn mesh_tunnel(
+    tls: &MeshTls,
+    source_key: &str,
+    via: &crate::config::Via,
+    addr: SocketAddr,
+) -> Result<Upgraded, ConnectError> {
+    let proxy = via.proxy;
+    let identity = via
+        .identity
+        .as_ref()
+        .ok_or(ConnectError::NoIdentity { proxy })?;
+    let tcp = tcp_connect(proxy).await?;
+    let stream = tls
+        .connect(source_key, identity, tcp)
+        .await
+        .map_err(|error| ConnectError::Tls { proxy, error })?;
+    open_tunnel(stream, addr)
+        .await
+        .map_err(|error| ConnectError::Tunnel { proxy, error })
 }
 
 async fn handshake<I>(io: I) -> Result<SendRequest<UpstreamBody>, ConnectError>

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use flotilla_proto::discovery::v1::discovery_service_client::DiscoveryServiceClient;
 use flotilla_proto::discovery::v1::{
-    CLUSTER_TYPE, DiscoveryRequest, DiscoveryResponse, ErrorDetail, ROUTE_TYPE,
+    DiscoveryRequest, DiscoveryResponse, ErrorDetail,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::snapshot::ConfigHandle;
 
 /// The resource types this proxy subscribes to.
-pub const TYPES: [&str; 2] = [CLUSTER_TYPE, ROUTE_TYPE];
+pub const TYPES: [&str; 5] = flotilla_proto::discovery::v1::ALL_TYPES;
 
 /// gRPC status code sent in NACKs: INVALID_ARGUMENT.
 const NACK_CODE: i32 = 3;

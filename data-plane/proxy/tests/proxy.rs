@@ -1,14 +1,15 @@
-//! End-to-end tests of the node proxy over real sockets: a fake discovery server drives the
-//! config, echo backends answer, requests go through the ingress listener.
+//! End-to-end tests of the node proxy over real sockets: a fake control plane drives the
+//! config and signs certificates, echo backends answer, requests go through the ingress
+//! listener (and, to remote endpoints, through the peer's mTLS inbound listener).
 
 mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flotilla_proto::discovery::v1::{CLUSTER_TYPE, ROUTE_TYPE};
+use flotilla_proto::discovery::v1::{ALL_TYPES, CLUSTER_TYPE, ROUTE_TYPE};
 use flotilla_proxy::upstream::{TunnelError, open_tunnel};
-use flotilla_proxy::{BoundProxy, ProxyConfig};
+use flotilla_proxy::{BoundProxy, NodeIdentity, ProxyConfig};
 use http::StatusCode;
 use support::*;
 use tokio::net::TcpStream;
@@ -312,12 +313,18 @@ async fn reconnects_after_stream_error_and_keeps_serving() {
     .await;
     fake.fail_stream().await;
     // The proxy comes back with one request per type, carrying what it has applied.
-    let (r1, r2) = (fake.next_request().await, fake.next_request().await);
-    for r in [&r1, &r2] {
+    let mut types = Vec::new();
+    for _ in ALL_TYPES {
+        let r = fake.next_request().await;
         assert_eq!(r.response_nonce, "");
         assert_eq!(r.version_info, "7");
         assert_eq!(r.node_id, "n1");
+        types.push(r.type_url);
     }
+    types.sort();
+    let mut want = ALL_TYPES.to_vec();
+    want.sort();
+    assert_eq!(types, want);
     assert_eq!(fake.streams_opened(), 2);
     let r = get(proxy.ingress, "hello.service.flotilla", "/").await;
     assert_eq!(r.body, "b");
@@ -333,7 +340,11 @@ async fn reconnects_after_stream_error_and_keeps_serving() {
 async fn remote_endpoint_goes_through_peer_inbound() {
     init_tracing();
     let backend = echo_backend("on-b").await;
-    let (fake_a, fake_b) = (FakeDiscovery::start().await, FakeDiscovery::start().await);
+    let ca = TestCa::new();
+    let (fake_a, fake_b) = (
+        FakeDiscovery::start_with_ca(ca.clone()).await,
+        FakeDiscovery::start_with_ca(ca).await,
+    );
     let a = TestProxy::start("a", fake_a.url()).await;
     let b = TestProxy::start("b", fake_b.url()).await;
     fake_b
@@ -350,47 +361,90 @@ async fn remote_endpoint_goes_through_peer_inbound() {
             vec![route("", "/", "hello")],
         )
         .await;
+    // A carries ingress traffic as its ingress identity; B answers as `hello`.
+    a.wait_for_certs(&["ingress-gateway"]).await;
+    b.wait_for_certs(&["hello"]).await;
     for _ in 0..3 {
         let r = get(a.ingress, "example.com", "/via-b").await;
         assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "on-b"));
         assert_eq!(r.header("x-echo-path"), "/via-b");
     }
+    // Over mTLS: one full handshake, then the pooled connection is reused.
+    assert_eq!(a.stat("tls_handshakes_full").await, 1);
+    assert_eq!(b.stat("inbound_tunnels").await, 1);
+    assert_eq!(a.stat("tls_handshakes_failed").await, 0);
 }
 
 #[tokio::test]
-async fn inbound_refuses_targets_that_are_not_local_endpoints() {
+async fn ingress_to_remote_endpoint_is_denied_by_the_peers_intentions() {
+    init_tracing();
+    let backend = echo_backend("on-b").await;
+    let ca = TestCa::new();
+    let (fake_a, fake_b) = (
+        FakeDiscovery::start_with_ca(ca.clone()).await,
+        FakeDiscovery::start_with_ca(ca).await,
+    );
+    let a = TestProxy::start("a", fake_a.url()).await;
+    let b = TestProxy::start("b", fake_b.url()).await;
+    // B (the destination's node) denies the ingress identity; A allows it.
+    fake_b
+        .configure_mesh(
+            "1",
+            Mesh {
+                clusters: vec![cluster("hello", vec![local(backend.addr, true)])],
+                authorization: Some(intentions(
+                    "allow",
+                    &[("ingress-gateway", "hello", "deny")],
+                )),
+                ..Mesh::default()
+            },
+        )
+        .await;
+    fake_a
+        .configure(
+            "1",
+            vec![cluster("hello", vec![remote(backend.addr, b.inbound)])],
+            vec![route("", "/", "hello")],
+        )
+        .await;
+    a.wait_for_certs(&["ingress-gateway"]).await;
+    b.wait_for_certs(&["hello"]).await;
+    let r = get(a.ingress, "example.com", "/").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(
+        r.body.contains("ingress-gateway => hello"),
+        "{}",
+        r.body
+    );
+    assert_eq!(b.stat("inbound_denied").await, 1);
+    assert_eq!(
+        backend.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn inbound_refuses_plaintext() {
     let (fake, proxy) = proxy_with_server("n1").await;
-    let local_backend = echo_backend("b").await;
-    let elsewhere: SocketAddr = "10.1.2.3:80".parse().unwrap();
+    let backend = echo_backend("b").await;
     fake.configure(
         "1",
-        vec![cluster(
-            "hello",
-            vec![
-                local(local_backend.addr, true),
-                remote(elsewhere, "10.1.2.3:15008".parse().unwrap()),
-            ],
-        )],
+        vec![cluster("hello", vec![local(backend.addr, true)])],
         vec![],
     )
     .await;
-    for target in [elsewhere, "127.0.0.1:22".parse().unwrap()] {
-        let tcp = TcpStream::connect(proxy.inbound).await.unwrap();
-        match within("a CONNECT answer", open_tunnel(tcp, target)).await {
-            Err(TunnelError::Refused { status, message }) => {
-                assert_eq!(status, StatusCode::FORBIDDEN);
-                assert!(message.contains(&target.to_string()), "{message}");
-            }
-            Err(other) => panic!("unexpected error {other}"),
-            Ok(_) => panic!("tunnel to {target} was allowed"),
-        }
-    }
-    // A local endpoint is allowed.
+    proxy.wait_for_certs(&["hello"]).await;
+    // A plaintext CONNECT (what the inbound listener used to take) is not TLS: refused.
     let tcp = TcpStream::connect(proxy.inbound).await.unwrap();
-    assert!(
-        within("a tunnel", open_tunnel(tcp, local_backend.addr))
-            .await
-            .is_ok()
+    match within("a CONNECT answer", open_tunnel(tcp, backend.addr)).await {
+        Err(TunnelError::Http(_)) => {}
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a plaintext tunnel was allowed"),
+    }
+    proxy.wait_stat("inbound_handshakes_failed", 1).await;
+    assert_eq!(
+        backend.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0
     );
 }
 
@@ -445,7 +499,15 @@ async fn invalid_server_url_fails_run() {
     .await
     .unwrap();
     let err = bound
-        .run("n".into(), "127.0.0.1:4647".into(), async {})
+        .run(
+            NodeIdentity {
+                node_id: "n".into(),
+                node_secret: "s".into(),
+                datacenter: "dc1".into(),
+            },
+            "127.0.0.1:4647".into(),
+            async {},
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("127.0.0.1:4647"), "{err}");
@@ -457,7 +519,10 @@ async fn admin_ready_and_config_dump() {
     let admin = proxy.admin.unwrap();
     let r = get(admin, "localhost", "/ready").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(r.body.contains("clusters, routes"), "{}", r.body);
+    assert_eq!(
+        r.body,
+        "not ready: waiting for Cluster, Route, Listener, TrustBundle, Authorization\n"
+    );
     let b = echo_backend("b").await;
     fake.configure(
         "3",
@@ -477,7 +542,29 @@ async fn admin_ready_and_config_dump() {
         dump["clusters"][0]["endpoints"][0]["address"],
         b.addr.to_string()
     );
+    assert_eq!(
+        dump["clusters"][0]["endpoints"][0]["identity"],
+        spiffe("hello")
+    );
     assert_eq!(dump["routes"][0]["path_prefix"], "/v1");
+    assert_eq!(dump["versions"]["listeners"], "3");
+    assert_eq!(dump["versions"]["trust"], "3");
+    assert_eq!(dump["versions"]["authorization"], "3");
+    assert_eq!(dump["trust"]["trust_domain"], TRUST_DOMAIN);
+    assert_eq!(dump["trust"]["active_root_id"], fake.ca.active_root_id());
+    assert_eq!(dump["authorization"]["default_action"], "allow");
+    // Certificates appear once issued (for `hello`, local here, and the ingress identity),
+    // without their keys.
+    proxy.wait_for_certs(&["hello", "ingress-gateway"]).await;
+    let r = get(admin, "localhost", "/config_dump").await;
+    assert!(!r.body.contains("PRIVATE KEY"), "{}", r.body);
+    let dump: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(dump["certificates"].as_array().unwrap().len(), 2);
+    for cert in dump["certificates"].as_array().unwrap() {
+        assert_eq!(cert["private_key"], "[redacted]");
+        assert_eq!(cert["root_id"], fake.ca.active_root_id());
+        assert!(cert["not_after"].as_i64() > cert["renew_at"].as_i64(), "{cert}");
+    }
 }
 
 #[tokio::test]
@@ -497,9 +584,20 @@ async fn config_can_be_applied_without_a_server() {
             proxy_addr: None,
             healthy: true,
             alloc_id: String::new(),
+            identity: None,
         }],
     }];
     proxy.config.apply_clusters("t1", clusters);
+    // Nothing applied yet denies (fail closed); allow the ingress.
+    let r = get(proxy.ingress, "hello.service.flotilla", "/").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    proxy.config.apply_authorization(
+        "t1",
+        flotilla_proxy::config::Authorization {
+            default_action: flotilla_proxy::config::Action::Allow,
+            rules: Vec::new(),
+        },
+    );
     let r = get(proxy.ingress, "hello.service.flotilla", "/").await;
     assert_eq!(r.body, "direct");
 }

@@ -297,6 +297,9 @@ pub struct Cluster {
     /// Start agents without `--stop-tasks-on-shutdown`, so tasks outlive a stopped agent (to
     /// test re-attaching). Teardown still removes everything.
     pub keep_tasks_on_shutdown: bool,
+    /// Extra `flotilla server` flags. Default: `--default-intention allow`, so tests that are
+    /// not about intentions need none.
+    pub server_args: Vec<String>,
 }
 
 impl Cluster {
@@ -311,6 +314,7 @@ impl Cluster {
             server: None,
             agents: Vec::new(),
             keep_tasks_on_shutdown: false,
+            server_args: vec!["--default-intention".into(), "allow".into()],
         }
     }
 
@@ -329,7 +333,7 @@ impl Cluster {
 
     pub fn start_server(&mut self) {
         let data = self.dir.path().join("server");
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "server".into(),
             "--data-dir".into(),
             data.display().to_string(),
@@ -340,6 +344,7 @@ impl Cluster {
             "--heartbeat-ttl".into(),
             "5s".into(),
         ];
+        args.extend(self.server_args.iter().cloned());
         self.server = Some(Proc::spawn(&self.bin, "server", &args, self.dir.path()));
     }
 

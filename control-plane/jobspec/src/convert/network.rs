@@ -1,7 +1,11 @@
 //! Networking: group `network` blocks and their ports, `service` and `check` blocks with
-//! `check_restart`, and the docker `port_map` translation (Nomad 0.x).
+//! `check_restart`, services' `connect` blocks (sidecar upstreams), and the docker `port_map`
+//! translation (Nomad 0.x).
 
-use flotilla_types::{CheckRestart, NetworkResource, Port, Service, ServiceCheck, TaskGroup};
+use flotilla_types::{
+    CheckRestart, ConsulConnect, ConsulProxy, ConsulSidecarService, ConsulUpstream,
+    NetworkResource, Port, Service, ServiceCheck, TaskGroup,
+};
 use serde_json::Value;
 
 use super::{BlockRef, Converter, schema};
@@ -151,7 +155,80 @@ impl Converter<'_> {
             let check = self.check(&scope, i, b, restart.as_ref());
             service.checks.push(check);
         }
+        service.connect = self
+            .single(&scope, &f, "connect")
+            .map(|b| self.connect(&scope, b));
         service
+    }
+
+    /// `connect { native, sidecar_service { tags, port, proxy { upstreams { … } } } }`.
+    fn connect(&mut self, service: &Scope, block: &BlockRef<'_>) -> ConsulConnect {
+        let scope = self.unlabeled(service, Seg::Connect, "connect", block);
+        let f = self.fields(&scope, block, &schema::CONNECT);
+        let mut connect = ConsulConnect::default();
+        if let Some(a) = f.attr("native") {
+            connect.native = self.boolean(&scope, a).unwrap_or_default();
+        }
+        connect.sidecar_service = self
+            .single(&scope, &f, "sidecar_service")
+            .map(|b| self.sidecar_service(&scope, b));
+        connect
+    }
+
+    fn sidecar_service(&mut self, connect: &Scope, block: &BlockRef<'_>) -> ConsulSidecarService {
+        let scope = self.unlabeled(connect, Seg::SidecarService, "sidecar_service", block);
+        let f = self.fields(&scope, block, &schema::SIDECAR_SERVICE);
+        let mut sidecar = ConsulSidecarService::default();
+        if let Some(a) = f.attr("tags") {
+            sidecar.tags = self.strings(&scope, a).unwrap_or_default();
+        }
+        if let Some(a) = f.attr("port") {
+            sidecar.port = self.port_label(&scope, a).unwrap_or_default();
+        }
+        sidecar.proxy = self
+            .single(&scope, &f, "proxy")
+            .map(|b| self.proxy(&scope, b));
+        sidecar
+    }
+
+    fn proxy(&mut self, sidecar: &Scope, block: &BlockRef<'_>) -> ConsulProxy {
+        let scope = self.unlabeled(sidecar, Seg::Proxy, "proxy", block);
+        let f = self.fields(&scope, block, &schema::PROXY);
+        let mut proxy = ConsulProxy::default();
+        for (i, b) in f.blocks("upstreams").enumerate() {
+            let upstream = self.upstream(&scope, i, b);
+            proxy.upstreams.push(upstream);
+        }
+        proxy
+    }
+
+    /// One `upstreams` block (repeatable), named in paths by its destination.
+    fn upstream(&mut self, proxy: &Scope, index: usize, block: &BlockRef<'_>) -> ConsulUpstream {
+        let name = self.peek_string(block, "destination_name");
+        let scope = proxy.child(Seg::Upstream(index), named("upstreams", &name, index));
+        self.no_labels(&scope, block);
+        self.record(&scope, "", block.span.clone());
+        let f = self.fields(&scope, block, &schema::UPSTREAMS);
+        let mut upstream = ConsulUpstream::default();
+        if let Some(a) = f.attr("destination_name") {
+            upstream.destination_name = self.string(&scope, a).unwrap_or_default();
+        }
+        if let Some(a) = f.attr("destination_namespace") {
+            upstream.destination_namespace = self.string(&scope, a).unwrap_or_default();
+        }
+        if let Some(a) = f.attr("local_bind_port") {
+            upstream.local_bind_port = self
+                .integer(&scope, a, 1, i64::from(u16::MAX))
+                .and_then(|n| u16::try_from(n).ok())
+                .unwrap_or_default();
+        }
+        if let Some(a) = f.attr("local_bind_address") {
+            upstream.local_bind_address = self.string(&scope, a).unwrap_or_default();
+        }
+        if let Some(a) = f.attr("datacenter") {
+            upstream.datacenter = self.string(&scope, a).unwrap_or_default();
+        }
+        upstream
     }
 
     /// A service or check `port`: a label, or a port number (kept as its decimal string).

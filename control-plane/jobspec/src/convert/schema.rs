@@ -235,13 +235,100 @@ pub(super) const TASK_NETWORK: Schema = Schema {
 pub(super) const PORT: Schema = plain(&["static", "to", "host_network"]);
 pub(super) const SERVICE: Schema = Schema {
     attrs: &["name", "port", "tags", "provider"],
-    blocks: &["check", "check_restart"],
-    outside: &[Outside {
-        name: "connect",
-        reject: true,
-        why: "Consul Connect sidecars and gateways would change what runs and how the service \
-              is reached",
-    }],
+    blocks: &["check", "check_restart", "connect"],
+    outside: &[],
+};
+pub(super) const CONNECT: Schema = Schema {
+    attrs: &["native"],
+    blocks: &["sidecar_service"],
+    outside: &[
+        Outside {
+            name: "sidecar_task",
+            reject: false,
+            why: "the node proxy is every allocation's sidecar; no sidecar task is run",
+        },
+        Outside {
+            name: "gateway",
+            reject: true,
+            why: "Flotilla runs no Connect gateways; every node proxy's ingress is the way into \
+                  the mesh",
+        },
+    ],
+};
+pub(super) const SIDECAR_SERVICE: Schema = Schema {
+    attrs: &["tags", "port"],
+    blocks: &["proxy"],
+    outside: &[],
+};
+pub(super) const PROXY: Schema = Schema {
+    attrs: &[],
+    blocks: &["upstreams"],
+    outside: &[
+        Outside {
+            name: "config",
+            reject: true,
+            why: "the node proxy is not Envoy and takes no per-service proxy settings; \
+                  protocols, timeouts and the like would silently not apply",
+        },
+        Outside {
+            name: "expose",
+            reject: true,
+            why: "the node proxy exposes no paths of the service; checks or callers relying \
+                  on them would fail",
+        },
+        Outside {
+            name: "local_service_address",
+            reject: true,
+            why: "the node proxy delivers inbound connections to the service's own port on the \
+                  node's address",
+        },
+        Outside {
+            name: "local_service_port",
+            reject: true,
+            why: "the node proxy delivers inbound connections to the service's own port on the \
+                  node's address",
+        },
+        Outside {
+            name: "transparent_proxy",
+            reject: true,
+            why: "outbound traffic is not redirected; the app must connect to its upstreams' \
+                  local_bind_port",
+        },
+    ],
+};
+pub(super) const UPSTREAMS: Schema = Schema {
+    attrs: &[
+        "destination_name",
+        "destination_namespace",
+        "local_bind_port",
+        "local_bind_address",
+        "datacenter",
+    ],
+    blocks: &[],
+    outside: &[
+        Outside {
+            name: "mesh_gateway",
+            reject: true,
+            why: "there are no mesh gateways; connections go straight to a node proxy of the \
+                  destination",
+        },
+        Outside {
+            name: "config",
+            reject: true,
+            why: "the node proxy takes no per-upstream proxy settings; protocols, timeouts and \
+                  the like would silently not apply",
+        },
+        Outside {
+            name: "local_bind_socket_path",
+            reject: true,
+            why: "upstream listeners are TCP only; set local_bind_port",
+        },
+        Outside {
+            name: "local_bind_socket_mode",
+            reject: true,
+            why: "upstream listeners are TCP only; set local_bind_port",
+        },
+    ],
 };
 pub(super) const CHECK: Schema = Schema {
     attrs: &[

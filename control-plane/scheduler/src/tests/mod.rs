@@ -5,6 +5,7 @@ mod constraints;
 mod lifecycle;
 mod ranking;
 mod system;
+mod upstreams;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
