@@ -134,7 +134,7 @@ pub async fn start(
     let grpc = tonic::transport::Server::builder()
         .add_service(core.agent_service())
         .add_service(flotilla_xds::DiscoveryServer::new(store.clone()))
-        .add_service(flotilla_server::ca_service::CaApi::new(store.clone()))
+        .add_service(flotilla_server::ca_service::CaApi::new(store.clone()).into_service())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(rpc),
             crate::signals::wait(shutdown.clone()),

@@ -275,6 +275,29 @@ async fn upstreams_cross_nodes_over_mtls_and_intentions_apply() {
     let out = c.cli(&["intention", "check", "intruder", "db"]);
     assert_eq!(out.code, 2, "{}", out.stdout);
     assert!(out.stdout.contains("Denied"), "{}", out.stdout);
+    // Bad input names the value and changes nothing.
+    let out = c.cli(&["intention", "create", "-allow", "web!", "db"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("\"web!\""), "{}", out.stderr);
+    let out = c.cli(&["intention", "create", "-allow", "web", "db"]);
+    assert_ne!(out.code, 0, "duplicate without -replace");
+    assert!(out.stderr.contains("-replace"), "{}", out.stderr);
+    let resp = reqwest::Client::new()
+        .put(format!(
+            "{}/v1/connect/intentions/exact?source=a&destination=b",
+            c.api()
+        ))
+        .body(r#"{"Action":"maybe"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("Action: \"maybe\""));
+    let list = c.cli(&["intention", "list"]);
+    assert_eq!(list.stdout.lines().count(), 3, "{}", list.stdout);
+    let roots = c.cli(&["ca", "roots"]);
+    assert_eq!(roots.code, 0, "{}", roots.stderr);
+    assert!(roots.stdout.contains(TRUST_DOMAIN), "{}", roots.stdout);
 
     let (db, web) = jobs(&c, UPSTREAM_PORT);
     run_job(&c, &db);

@@ -139,8 +139,13 @@ pub struct CaApi {
 }
 
 impl CaApi {
-    pub fn new(store: Arc<dyn Store>) -> CertificateServiceServer<Self> {
-        CertificateServiceServer::new(CaApi { store })
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        CaApi { store }
+    }
+
+    /// The tonic service to serve.
+    pub fn into_service(self) -> CertificateServiceServer<Self> {
+        CertificateServiceServer::new(self)
     }
 }
 

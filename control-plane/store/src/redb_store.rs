@@ -253,6 +253,51 @@ mod tests {
     }
 
     #[test]
+    fn mesh_records_survive_reopen() {
+        use flotilla_types::{CaRoot, CaState, Intention, IntentionAction, MeshConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let ixn = |src: &str, dst: &str| Intention {
+            source_name: src.into(),
+            destination_name: dst.into(),
+            action: IntentionAction::Deny,
+            ..Default::default()
+        };
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            s.apply(vec![
+                Op::PutCa(CaState {
+                    trust_domain: "t.flotilla".into(),
+                    leaf_cert_ttl: 60,
+                    roots: vec![CaRoot {
+                        id: "r1".into(),
+                        private_key: "key".into(),
+                        active: true,
+                        ..Default::default()
+                    }],
+                }),
+                Op::PutIntention(ixn("web", "db")),
+                Op::PutIntention(ixn("*", "db")),
+                Op::PutMeshConfig(MeshConfig {
+                    default_intention: IntentionAction::Deny,
+                }),
+            ])
+            .unwrap();
+            s.apply(vec![Op::DeleteIntention(Intention::key("*", "db"))])
+                .unwrap();
+        }
+        let snap = RedbStore::open(dir.path()).unwrap().snapshot();
+        let ca = snap.ca.as_ref().unwrap();
+        assert_eq!(ca.trust_domain, "t.flotilla");
+        assert_eq!(ca.roots[0].private_key, "key");
+        assert_eq!(snap.intentions.len(), 1);
+        assert_eq!(
+            snap.intentions[&Intention::key("web", "db")].action,
+            IntentionAction::Deny
+        );
+        assert_eq!(snap.mesh.default_intention, IntentionAction::Deny);
+    }
+
+    #[test]
     fn corrupt_file_is_a_named_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("state.redb"), b"not a database").unwrap();

@@ -90,7 +90,7 @@ pub async fn run(node: NodeIdentity, channel: Channel, config: ConfigHandle, cer
                 let current = certs.get(&key);
                 let due = match &current {
                     None => true,
-                    Some(c) => c.renew_at <= now || c.root_id != trust.active_root_id,
+                    Some(c) => c.renew_at <= now,
                 };
                 if !due {
                     next_wake = Some(next_wake.map_or(current_renew(&current), |w| {
