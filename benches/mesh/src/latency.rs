@@ -1102,8 +1102,8 @@ impl Cluster {
                 Ok(None) => {}
                 Err(e) => last = Some(e),
             }
-            if let Some(p) = self.procs.iter_mut().find(|p| !p.running()) {
-                let name = p.name.clone();
+            if let Some(i) = self.procs.iter_mut().position(|p| !p.running()) {
+                let name = self.procs[i].name.clone();
                 bail!(
                     "{name} exited while waiting for {what}\n{}",
                     self.log_tails(30)

@@ -108,10 +108,19 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, drain: Drain) {
                         .and_then(|c| c.first())
                         .ok_or_else(|| "no client certificate".to_string())
                         .and_then(|c| spiffe_id_of(c));
+                    // The identity this side presented: the SNI arrives lower-cased, while
+                    // service names may contain capitals.
                     let destination = conn
                         .server_name()
                         .ok_or_else(|| "no server name".to_string())
-                        .and_then(|n| SpiffeId::from_server_name(n).map_err(|e| e.to_string()));
+                        .and_then(|n| {
+                            inbound
+                                .tls
+                                .certs()
+                                .for_server_name(n)
+                                .map(|c| c.id.clone())
+                                .ok_or_else(|| format!("no certificate for server name {n:?}"))
+                        });
                     match (source, destination) {
                         (Ok(source), Ok(destination)) => {
                             let peers = Peers {

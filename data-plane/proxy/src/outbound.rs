@@ -84,21 +84,31 @@ pub async fn run(outbound: Arc<Outbound>, drain: Drain) {
     }
 }
 
-async fn reconcile(outbound: &Arc<Outbound>, drain: &Drain, running: &mut HashMap<String, Running>) {
+async fn reconcile(
+    outbound: &Arc<Outbound>,
+    drain: &Drain,
+    running: &mut HashMap<String, Running>,
+) {
     let snapshot = outbound.config.load();
     let wanted: HashMap<&str, &UpstreamListener> = snapshot
         .listeners()
         .iter()
         .map(|l| (l.name.as_str(), l))
         .collect();
-    running.retain(|name, r| {
-        let keep = wanted.get(name.as_str()).is_some_and(|w| **w == r.spec);
-        if !keep {
+    let stale: Vec<String> = running
+        .iter()
+        .filter(|(name, r)| !wanted.get(name.as_str()).is_some_and(|w| **w == r.spec))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in stale {
+        if let Some(r) = running.remove(&name) {
             info!(listener = %name, bind = %r.spec.bind, "upstream listener removed");
             r.task.abort();
+            // Wait for the task to be dropped, closing its socket, so a listener replacing it
+            // on the same address binds now rather than at the next retry.
+            let _ = r.task.await;
         }
-        keep
-    });
+    }
     for (name, spec) in wanted {
         if running.contains_key(name) {
             continue;
@@ -168,7 +178,12 @@ enum Attempt {
     Failed(String),
 }
 
-async fn handle(app: TcpStream, peer: SocketAddr, spec: Arc<UpstreamListener>, outbound: Arc<Outbound>) {
+async fn handle(
+    app: TcpStream,
+    peer: SocketAddr,
+    spec: Arc<UpstreamListener>,
+    outbound: Arc<Outbound>,
+) {
     let snapshot = outbound.config.load();
     let Some(cluster) = snapshot.cluster(&spec.destination) else {
         inc(&outbound.stats.outbound_failed);
@@ -219,11 +234,12 @@ async fn handle(app: TcpStream, peer: SocketAddr, spec: Arc<UpstreamListener>, o
 }
 
 async fn local(outbound: &Outbound, app: &mut Option<TcpStream>, addr: SocketAddr) -> Attempt {
-    let upstream = match tokio::time::timeout(outbound.connect_timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Attempt::Failed(format!("connect {addr}: {e}")),
-        Err(_) => return Attempt::Failed(format!("connect {addr}: timed out")),
-    };
+    let upstream =
+        match tokio::time::timeout(outbound.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Attempt::Failed(format!("connect {addr}: {e}")),
+            Err(_) => return Attempt::Failed(format!("connect {addr}: timed out")),
+        };
     let _ = upstream.set_nodelay(true);
     let Some(app) = app.take() else {
         return Attempt::Done;
@@ -272,7 +288,9 @@ async fn remote(
     };
     inc(&outbound.stats.forwarded_copy);
     match flotilla_forward::forward_streams(&mut app, &mut tunnel).await {
-        Ok((sent, received)) => debug!(%addr, proxy = %via.proxy, sent, received, "mesh connection closed"),
+        Ok((sent, received)) => {
+            debug!(%addr, proxy = %via.proxy, sent, received, "mesh connection closed")
+        }
         Err(error) => debug!(%addr, proxy = %via.proxy, %error, "mesh connection ended with error"),
     }
     Attempt::Done

@@ -139,6 +139,54 @@ async fn inbound_refuses_certificates_of_another_ca() {
 }
 
 #[tokio::test]
+async fn inbound_refuses_certificates_of_the_right_ca_without_one_mesh_identity() {
+    let f = inbound().await;
+    // Each signed by the mesh's own root, which `flotilla-ca` would never do.
+    let cases: [&[&str]; 3] = [
+        // Another trust domain.
+        &["spiffe://other5678.flotilla/ns/default/dc/dc1/svc/web"],
+        // Two identities.
+        &[&spiffe("web"), &spiffe("db")],
+        // Not a SPIFFE ID.
+        &["https://web.example"],
+    ];
+    // Control: the same construction with one proper ID is accepted.
+    let web = f.fake.ca.issue_raw(&[&spiffe("web")]);
+    match raw_tunnel(
+        raw_client_any_version(Some(&web)),
+        f.proxy.inbound,
+        &sni("db"),
+        f.db.addr,
+    )
+    .await
+    {
+        Tunnel::Open(mut io, _) => within("an echo", echo_exchange(&mut io, PING))
+            .await
+            .unwrap(),
+        other => panic!("the control certificate was refused: {other:?}"),
+    }
+    for (n, uris) in cases.iter().enumerate() {
+        let id = f.fake.ca.issue_raw(uris);
+        let t = raw_tunnel(
+            raw_client_any_version(Some(&id)),
+            f.proxy.inbound,
+            &sni("db"),
+            f.db.addr,
+        )
+        .await;
+        assert!(
+            matches!(t, Tunnel::Handshake(_) | Tunnel::Broken(_)),
+            "{uris:?}: expected a refused handshake, got {t:?}"
+        );
+        f.proxy
+            .wait_stat("inbound_handshakes_failed", n as u64 + 1)
+            .await;
+    }
+    assert_eq!(f.proxy.stat("inbound_tunnels").await, 1);
+    assert_eq!(f.db.accepted(), 1, "only the control reached db");
+}
+
+#[tokio::test]
 async fn inbound_refuses_an_expired_certificate() {
     let f = inbound().await;
     // Signed by the mesh's own root ten minutes ago, valid for one minute.
@@ -356,8 +404,10 @@ async fn upstream_listener_to_a_remote_destination_uses_mtls_and_resumes() {
             },
         )
         .await;
-    n.a.wait_for_certs(&["web"]).await;
-    n.b.wait_for_certs(&["db"]).await;
+    // Every certificate each node wants: installing one starts a new TLS generation, and
+    // sessions do not resume across generations.
+    n.a.wait_for_certs(&["web", "ingress-gateway"]).await;
+    n.b.wait_for_certs(&["db", "ingress-gateway"]).await;
 
     wait_roundtrip(lo(port)).await;
     assert_eq!(n.a.stat("tls_handshakes_full").await, 1);
@@ -376,6 +426,55 @@ async fn upstream_listener_to_a_remote_destination_uses_mtls_and_resumes() {
     // The TLS leg is a buffered copy on both sides.
     n.a.wait_stat("forwarded_copy", 3).await;
     assert_eq!(n.a.stat("forwarded_splice").await, 0);
+}
+
+#[tokio::test]
+async fn upstream_listener_replaced_on_the_same_port_rebinds_at_once() {
+    // E.g. a new allocation on this node takes over the previous one's `local_bind_port`: the
+    // old listener is removed and the new one bound on the same address in one update.
+    let (fake, proxy) = proxy_with_server("n1").await;
+    let (db, cache) = (tcp_echo().await, tcp_echo().await);
+    let port = free_port().await;
+    let clusters = || {
+        vec![
+            cluster("db", vec![local(db.addr, true)]),
+            cluster("cache", vec![local(cache.addr, true)]),
+        ]
+    };
+    fake.configure_mesh(
+        "1",
+        Mesh {
+            clusters: clusters(),
+            listeners: vec![listener("web", "db", port)],
+            ..Mesh::default()
+        },
+    )
+    .await;
+    wait_roundtrip(lo(port)).await;
+    for (version, destination) in [(2, "cache"), (3, "db"), (4, "cache")] {
+        let echo = if destination == "db" { &db } else { &cache };
+        let before = echo.accepted();
+        let start = Instant::now();
+        fake.push_ok(
+            flotilla_proto::discovery::v1::LISTENER_TYPE,
+            &version.to_string(),
+            vec![listener("web", destination, port)],
+        )
+        .await;
+        eventually(&format!("connections to reach {destination}"), || async {
+            (roundtrip(lo(port), PING).await.is_ok() && echo.accepted() > before).then_some(())
+        })
+        .await;
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "the listener for {destination} took {took:?} to take over port {port}"
+        );
+    }
+    assert_eq!(
+        proxy.config_dump().await["listeners"][0]["destination"],
+        "cache"
+    );
 }
 
 // ---------------------------------------------------------------- server identity
@@ -421,6 +520,9 @@ async fn client_refuses_a_peer_presenting_another_services_certificate() {
     // A expects `db` there), and `api`'s (A expects `api`: the control case).
     let wrong = fake_peer(fake.ca.issue("other")).await;
     let right = fake_peer(fake.ca.issue("api")).await;
+    // The expected identity, but from a CA this mesh does not trust.
+    let untrusted = fake_peer(TestCa::new().issue("cache")).await;
+    let cache_port = free_port().await;
     let (db_port, api_port) = (free_port().await, free_port().await);
     let behind: SocketAddr = "127.0.0.1:9".parse().unwrap();
     fake.configure_mesh(
@@ -429,11 +531,13 @@ async fn client_refuses_a_peer_presenting_another_services_certificate() {
             clusters: vec![
                 cluster("db", vec![remote(behind, wrong.addr)]),
                 cluster("api", vec![remote(behind, right.addr)]),
+                cluster("cache", vec![remote(behind, untrusted.addr)]),
             ],
             routes: vec![route("", "/", "db")],
             listeners: vec![
                 listener("web", "db", db_port),
                 listener("web", "api", api_port),
+                listener("web", "cache", cache_port),
             ],
             ..Mesh::default()
         },
@@ -458,8 +562,15 @@ async fn client_refuses_a_peer_presenting_another_services_certificate() {
     assert!(r.body.contains(&spiffe("other")), "{}", r.body);
     proxy.wait_stat("tls_handshakes_failed", 2).await;
 
-    assert_eq!(wrong.handshakes.load(Ordering::SeqCst), 0);
-    assert_eq!(wrong.connects.load(Ordering::SeqCst), 0);
+    // A peer whose certificate does not chain to the bundle is refused too.
+    wait_refused(lo(cache_port)).await;
+    proxy.wait_stat("tls_handshakes_failed", 3).await;
+    assert_eq!(proxy.stat("outbound_failed").await, 2);
+
+    for peer in [&wrong, &untrusted] {
+        assert_eq!(peer.handshakes.load(Ordering::SeqCst), 0);
+        assert_eq!(peer.connects.load(Ordering::SeqCst), 0);
+    }
 }
 
 // ---------------------------------------------------------------- intentions
@@ -499,8 +610,8 @@ async fn intention_changes_apply_to_new_connections_within_2s() {
             },
         )
         .await;
-    n.a.wait_for_certs(&["web"]).await;
-    n.b.wait_for_certs(&["db"]).await;
+    n.a.wait_for_certs(&["web", "ingress-gateway"]).await;
+    n.b.wait_for_certs(&["db", "ingress-gateway"]).await;
     wait_roundtrip(lo(db_port)).await;
     wait_roundtrip(lo(cache_port)).await;
     let (db_before, cache_before) = (n.db.accepted(), cache.accepted());
@@ -546,8 +657,8 @@ async fn intention_changes_apply_to_new_connections_within_2s() {
 async fn ca_rotation_reissues_certificates_without_dropping_connections() {
     let n = two_nodes().await;
     // `web` carries the steady load; s1..s4 are each first used at one stage of the rotation,
-    // so that connection is a full handshake with that stage's certificates and bundles
-    // (`web`'s connections resume and exchange no certificates).
+    // so that stage certainly sees a full handshake (checked) with its certificates and
+    // bundles, whatever the proxies do about resumption.
     let sources = ["web", "s1", "s2", "s3", "s4"];
     let mut ports = Vec::new();
     for _ in sources {
@@ -576,7 +687,8 @@ async fn ca_rotation_reissues_certificates_without_dropping_connections() {
         .await;
     let old = n.ca.active_root_id();
     n.a.wait_for_certs(&sources).await;
-    n.b.wait_for_certs(&["db"]).await;
+    n.a.wait_for_certs(&["ingress-gateway"]).await;
+    n.b.wait_for_certs(&["db", "ingress-gateway"]).await;
     wait_roundtrip(port_of("web")).await;
 
     // The load: connections through `web`'s listener, one after the other, until stopped.
@@ -661,12 +773,11 @@ async fn ca_rotation_reissues_certificates_without_dropping_connections() {
     assert_eq!(n.ca.root_ids(), [r2.clone(), r1.clone(), old.clone()]);
     // Every certificate was signed three times: by the old root, then r1, then r2.
     for node in ["a", "b"] {
-        let signed: Vec<Signed> = n
-            .ca
-            .signed()
-            .into_iter()
-            .filter(|s| s.node_id == node)
-            .collect();
+        let signed: Vec<Signed> =
+            n.ca.signed()
+                .into_iter()
+                .filter(|s| s.node_id == node)
+                .collect();
         for root in [&old, &r1, &r2] {
             assert!(
                 signed.iter().any(|s| &s.root_id == root),
@@ -676,4 +787,116 @@ async fn ca_rotation_reissues_certificates_without_dropping_connections() {
     }
     assert_eq!(n.a.stat("tls_handshakes_failed").await, 0);
     assert_eq!(n.b.stat("inbound_handshakes_failed").await, 0);
+}
+
+#[tokio::test]
+async fn service_names_with_capitals_work_across_nodes() {
+    // Service names are DNS labels, which may contain capitals; TLS server names are
+    // case-insensitive (rustls hands the server the SNI lower-cased).
+    let n = two_nodes().await;
+    let port = free_port().await;
+    let authz = || Some(intentions("deny", &[("Web", "Db", "allow")]));
+    n.fake_b
+        .configure_mesh(
+            "1",
+            Mesh {
+                clusters: vec![cluster("Db", vec![local(n.db.addr, true)])],
+                authorization: authz(),
+                ..Mesh::default()
+            },
+        )
+        .await;
+    n.fake_a
+        .configure_mesh(
+            "1",
+            Mesh {
+                clusters: vec![cluster("Db", vec![remote(n.db.addr, n.b.inbound)])],
+                listeners: vec![listener("Web", "Db", port)],
+                authorization: authz(),
+                ..Mesh::default()
+            },
+        )
+        .await;
+    n.a.wait_for_certs(&["Web"]).await;
+    n.b.wait_for_certs(&["Db"]).await;
+    wait_roundtrip(lo(port)).await;
+    assert_eq!(n.b.stat("inbound_tunnels").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_renewed_before_they_expire() {
+    let n = two_nodes().await;
+    // 4 s leaves (5 s with the backdating): renewed about every 2.5 s.
+    n.ca.set_leaf_ttl(Duration::from_secs(4));
+    let (web_port, late_port) = (free_port().await, free_port().await);
+    n.fake_b
+        .configure(
+            "1",
+            vec![cluster("db", vec![local(n.db.addr, true)])],
+            vec![],
+        )
+        .await;
+    n.fake_a
+        .configure_mesh(
+            "1",
+            Mesh {
+                clusters: vec![cluster("db", vec![remote(n.db.addr, n.b.inbound)])],
+                listeners: vec![
+                    listener("web", "db", web_port),
+                    listener("late", "db", late_port),
+                ],
+                ..Mesh::default()
+            },
+        )
+        .await;
+    n.a.wait_for_certs(&["web", "late", "ingress-gateway"])
+        .await;
+    n.b.wait_for_certs(&["db", "ingress-gateway"]).await;
+    wait_roundtrip(lo(web_port)).await;
+    let first_expiry = n.ca.signed().iter().map(|s| s.not_after).max().unwrap();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(async move {
+        let (mut ok, mut failures) = (0, Vec::new());
+        while !*stop_rx.borrow() {
+            match roundtrip(lo(web_port), PING).await {
+                Ok(()) => ok += 1,
+                Err(e) => failures.push(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (ok, failures)
+    });
+    // Every certificate that was installed first has expired, and was renewed twice.
+    let renewals = |node: &'static str, service: &'static str| {
+        let ca = n.ca.clone();
+        move || {
+            ca.signed()
+                .iter()
+                .filter(|s| s.node_id == node && s.spiffe_id == spiffe(service))
+                .count()
+        }
+    };
+    let (db_signed, late_signed) = (renewals("b", "db"), renewals("a", "late"));
+    within("the first certificates to expire", async {
+        while now_secs() <= first_expiry || db_signed() < 3 || late_signed() < 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // A full handshake now needs the renewed certificates on both sides.
+    let before = n.a.stat("tls_handshakes_full").await;
+    roundtrip(lo(late_port), PING).await.unwrap();
+    assert!(n.a.stat("tls_handshakes_full").await > before);
+    for proxy in [&n.a, &n.b] {
+        let dump = proxy.config_dump().await;
+        for cert in dump["certificates"].as_array().unwrap() {
+            assert!(cert["not_after"].as_i64().unwrap() > first_expiry, "{cert}");
+        }
+    }
+
+    stop_tx.send_replace(true);
+    let (ok, failures) = within("the load to stop", load).await.unwrap();
+    assert!(failures.is_empty(), "{failures:?} ({ok} succeeded)");
+    assert!(ok >= 20, "only {ok} connections");
 }

@@ -7,12 +7,13 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use flotilla_proto::discovery::v1::resource::Kind;
 use flotilla_proto::discovery::v1::{ALL_TYPES, CLUSTER_TYPE, ROUTE_TYPE};
 use flotilla_proxy::upstream::{TunnelError, open_tunnel};
 use flotilla_proxy::{BoundProxy, NodeIdentity, ProxyConfig};
 use http::StatusCode;
 use support::*;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::test]
 async fn routes_by_service_host_and_longest_prefix() {
@@ -363,7 +364,7 @@ async fn remote_endpoint_goes_through_peer_inbound() {
         .await;
     // A carries ingress traffic as its ingress identity; B answers as `hello`.
     a.wait_for_certs(&["ingress-gateway"]).await;
-    b.wait_for_certs(&["hello"]).await;
+    b.wait_for_certs(&["hello", "ingress-gateway"]).await;
     for _ in 0..3 {
         let r = get(a.ingress, "example.com", "/via-b").await;
         assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "on-b"));
@@ -392,10 +393,7 @@ async fn ingress_to_remote_endpoint_is_denied_by_the_peers_intentions() {
             "1",
             Mesh {
                 clusters: vec![cluster("hello", vec![local(backend.addr, true)])],
-                authorization: Some(intentions(
-                    "allow",
-                    &[("ingress-gateway", "hello", "deny")],
-                )),
+                authorization: Some(intentions("allow", &[("ingress-gateway", "hello", "deny")])),
                 ..Mesh::default()
             },
         )
@@ -411,15 +409,42 @@ async fn ingress_to_remote_endpoint_is_denied_by_the_peers_intentions() {
     b.wait_for_certs(&["hello"]).await;
     let r = get(a.ingress, "example.com", "/").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
-    assert!(
-        r.body.contains("ingress-gateway => hello"),
-        "{}",
-        r.body
-    );
+    assert!(r.body.contains("ingress-gateway => hello"), "{}", r.body);
     assert_eq!(b.stat("inbound_denied").await, 1);
     assert_eq!(
-        backend.connections.load(std::sync::atomic::Ordering::SeqCst),
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
         0
+    );
+}
+
+#[tokio::test]
+async fn remote_endpoint_without_identity_is_not_reached() {
+    // Without an identity to check, the peer proxy cannot be authenticated: never connect.
+    let (fake, proxy) = proxy_with_server("a").await;
+    let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let behind: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut resource = cluster("hello", vec![remote(behind, peer.local_addr().unwrap())]);
+    if let Some(Kind::Cluster(c)) = &mut resource.kind {
+        c.endpoints[0].identity.clear();
+    }
+    fake.configure("1", vec![resource], vec![route("", "/", "hello")])
+        .await;
+    proxy.wait_for_certs(&["ingress-gateway"]).await;
+    let r = get(proxy.ingress, "example.com", "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert!(r.body.contains("has no identity to verify"), "{}", r.body);
+    let dump = proxy.config_dump().await;
+    assert_eq!(
+        dump["clusters"][0]["endpoints"][0]["identity"],
+        serde_json::Value::Null
+    );
+    // Nothing even opened a TCP connection to the peer.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), peer.accept())
+            .await
+            .is_err()
     );
 }
 
@@ -443,7 +468,9 @@ async fn inbound_refuses_plaintext() {
     }
     proxy.wait_stat("inbound_handshakes_failed", 1).await;
     assert_eq!(
-        backend.connections.load(std::sync::atomic::Ordering::SeqCst),
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
 }
@@ -563,7 +590,10 @@ async fn admin_ready_and_config_dump() {
     for cert in dump["certificates"].as_array().unwrap() {
         assert_eq!(cert["private_key"], "[redacted]");
         assert_eq!(cert["root_id"], fake.ca.active_root_id());
-        assert!(cert["not_after"].as_i64() > cert["renew_at"].as_i64(), "{cert}");
+        assert!(
+            cert["not_after"].as_i64() > cert["renew_at"].as_i64(),
+            "{cert}"
+        );
     }
 }
 

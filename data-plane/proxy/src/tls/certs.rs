@@ -44,6 +44,20 @@ impl Certs {
         self.version.load(Ordering::Acquire)
     }
 
+    /// The certificate a TLS server name ([`SpiffeId::server_name`]) asks for, matched by
+    /// namespace and service. Server names are case-insensitive (rustls hands the server the
+    /// SNI lower-cased) while service names and namespaces may contain capitals, so the match
+    /// ignores ASCII case.
+    pub fn for_server_name(&self, name: &str) -> Option<Arc<LocalCert>> {
+        let wanted = SpiffeId::from_server_name(name).ok()?.service_key();
+        let map = self.map.load();
+        map.get(&wanted).cloned().or_else(|| {
+            map.iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(&wanted))
+                .map(|(_, cert)| cert.clone())
+        })
+    }
+
     /// All current certificates.
     pub fn all(&self) -> Arc<HashMap<String, Arc<LocalCert>>> {
         self.map.load_full()
@@ -80,8 +94,9 @@ pub(crate) struct BySni(pub Arc<Certs>);
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let id = SpiffeId::from_server_name(hello.server_name()?).ok()?;
-        self.0.get(&id.service_key()).map(|c| c.key.clone())
+        self.0
+            .for_server_name(hello.server_name()?)
+            .map(|c| c.key.clone())
     }
 }
 

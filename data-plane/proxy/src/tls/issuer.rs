@@ -26,6 +26,9 @@ use crate::snapshot::{ConfigHandle, Snapshot};
 
 /// The node's ingress identity's service name (Consul's default ingress gateway name).
 pub const INGRESS_SERVICE: &str = "ingress-gateway";
+/// How long one signing request may take before it is retried.
+const SIGN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Namespace of the ingress identity.
 pub const INGRESS_NAMESPACE: &str = "default";
 
@@ -90,7 +93,7 @@ pub async fn run(node: NodeIdentity, channel: Channel, config: ConfigHandle, cer
                 let current = certs.get(&key);
                 let due = match &current {
                     None => true,
-                    Some(c) => c.renew_at <= now,
+                    Some(c) => c.renew_at <= now || c.root_id != trust.active_root_id,
                 };
                 if !due {
                     next_wake = Some(next_wake.map_or(current_renew(&current), |w| {
@@ -162,15 +165,16 @@ async fn issue(
         .serialize_request(&key)
         .and_then(|r| r.pem())
         .map_err(|e| format!("building the CSR: {e}"))?;
-    let resp = client
-        .sign(SignRequest {
-            node_id: node.node_id.clone(),
-            node_secret: node.node_secret.clone(),
-            service: id.service.clone(),
-            namespace: id.namespace.clone(),
-            csr_pem: csr,
-        })
+    let request = client.sign(SignRequest {
+        node_id: node.node_id.clone(),
+        node_secret: node.node_secret.clone(),
+        service: id.service.clone(),
+        namespace: id.namespace.clone(),
+        csr_pem: csr,
+    });
+    let resp = tokio::time::timeout(SIGN_TIMEOUT, request)
         .await
+        .map_err(|_| format!("no answer from the server within {SIGN_TIMEOUT:?}"))?
         .map_err(|s| format!("server refused: {}", s.message()))?
         .into_inner();
     let mut chain = Vec::with_capacity(1 + resp.intermediates_pem.len());

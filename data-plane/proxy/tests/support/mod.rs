@@ -127,10 +127,12 @@ pub struct Signed {
     pub node_id: String,
     pub spiffe_id: String,
     pub root_id: String,
+    pub not_after: i64,
 }
 
 struct CaInner {
     trust_domain: String,
+    leaf_ttl: Duration,
     /// Newest first; exactly one is active.
     roots: Vec<CaRoot>,
     signed: Vec<Signed>,
@@ -155,17 +157,20 @@ impl TestCa {
     /// A CA for another trust domain (to test refusals).
     pub fn with_trust_domain(trust_domain: &str) -> TestCa {
         // Backdated an hour, so expired leaves can be signed "in the past".
-        let root = flotilla_ca::generate_root(
-            trust_domain,
-            now_secs() - 3600,
-            flotilla_ca::ROOT_VALIDITY,
-        )
-        .unwrap();
+        let root =
+            flotilla_ca::generate_root(trust_domain, now_secs() - 3600, flotilla_ca::ROOT_VALIDITY)
+                .unwrap();
         TestCa(Arc::new(std::sync::Mutex::new(CaInner {
             trust_domain: trust_domain.to_string(),
+            leaf_ttl: LEAF_TTL,
             roots: vec![root],
             signed: Vec::new(),
         })))
+    }
+
+    /// Leaves signed for proxies from now on live `ttl` (default [`LEAF_TTL`]).
+    pub fn set_leaf_ttl(&self, ttl: Duration) {
+        self.inner().leaf_ttl = ttl;
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, CaInner> {
@@ -222,10 +227,17 @@ impl TestCa {
     }
 
     /// Signs `csr_pem` for `spiffe_id` with the active root.
-    fn sign(&self, csr_pem: &str, spiffe_id: &str, ttl: Duration, now: i64) -> Result<(flotilla_ca::SignedLeaf, String), String> {
+    fn sign(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &str,
+        ttl: Duration,
+        now: i64,
+    ) -> Result<(flotilla_ca::SignedLeaf, String), String> {
         let inner = self.inner();
         let root = inner.roots.iter().find(|r| r.active).unwrap();
-        let leaf = flotilla_ca::sign_leaf(root, csr_pem, spiffe_id, ttl, now).map_err(|e| e.to_string())?;
+        let leaf = flotilla_ca::sign_leaf(root, csr_pem, spiffe_id, ttl, now)
+            .map_err(|e| e.to_string())?;
         Ok((leaf, root.id.clone()))
     }
 
@@ -257,6 +269,40 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A leaf signed directly by the active root (no `sign_leaf` checks) carrying `uris` as its
+    /// URI SANs: to make certificates the CA itself would refuse to issue.
+    pub fn issue_raw(&self, uris: &[&str]) -> Identity {
+        let root = {
+            let inner = self.inner();
+            inner.roots.iter().find(|r| r.active).unwrap().clone()
+        };
+        let root_key = rcgen::KeyPair::from_pem(&root.private_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&root.root_cert, root_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI(u.to_string().try_into().unwrap()))
+            .collect();
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - Duration::from_secs(60)).into();
+        params.not_after = (now + LEAF_TTL).into();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Identity {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        }
+    }
+}
+
 /// The fake control plane's `CertificateService`: checks the node's secret and signs the CSR
 /// for the service's SPIFFE ID, like the real server (which also checks the node runs it).
 #[derive(Clone)]
@@ -282,14 +328,16 @@ impl CertificateService for FakeCa {
             self.0.trust_domain(),
             req.service
         );
+        let ttl = self.0.inner().leaf_ttl;
         let (leaf, root_id) = self
             .0
-            .sign(&req.csr_pem, &id, LEAF_TTL, now_secs())
+            .sign(&req.csr_pem, &id, ttl, now_secs())
             .map_err(Status::invalid_argument)?;
         self.0.inner().signed.push(Signed {
             node_id: req.node_id.clone(),
             spiffe_id: id.clone(),
             root_id: root_id.clone(),
+            not_after: leaf.not_after,
         });
         Ok(tonic::Response::new(SignResponse {
             cert_pem: leaf.cert_pem,
@@ -1243,10 +1291,13 @@ impl TestProxy {
 
     /// Waits until every certificate the proxy holds (at least one) was signed by `root_id`.
     pub async fn wait_for_root(&self, root_id: &str) -> Vec<(String, String)> {
-        eventually(&format!("all certificates signed by root {root_id}"), || async {
-            let have = self.certificates().await;
-            (!have.is_empty() && have.iter().all(|(_, r)| r == root_id)).then_some(have)
-        })
+        eventually(
+            &format!("all certificates signed by root {root_id}"),
+            || async {
+                let have = self.certificates().await;
+                (!have.is_empty() && have.iter().all(|(_, r)| r == root_id)).then_some(have)
+            },
+        )
         .await
     }
 
