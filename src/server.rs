@@ -50,7 +50,9 @@ pub struct ServerArgs {
 fn parse_leaf_ttl(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(10) {
-        return Err(format!("{s} is too short: a leaf certificate lives at least 10s"));
+        return Err(format!(
+            "{s} is too short: a leaf certificate lives at least 10s"
+        ));
     }
     Ok(d)
 }

@@ -304,10 +304,14 @@ async fn upstreams_cross_nodes_over_mtls_and_intentions_apply() {
     run_job(&c, &web);
 
     // web (node-1) → 127.0.0.1:25432 → node-1 proxy → mTLS → node-2 proxy → db (node-2).
-    let body = eventually("web reaches db through its upstream", Duration::from_secs(20), || {
-        let c = &c;
-        async move { call_db(c).await.ok() }
-    })
+    let body = eventually(
+        "web reaches db through its upstream",
+        Duration::from_secs(20),
+        || {
+            let c = &c;
+            async move { call_db(c).await.ok() }
+        },
+    )
     .await;
     assert!(
         body.starts_with("via upstream db: hello from allocation") && body.contains("node-2"),
@@ -316,7 +320,9 @@ async fn upstreams_cross_nodes_over_mtls_and_intentions_apply() {
 
     // The inbound port of node-2: only mesh peers with an allowed identity get through.
     let db_addr: std::net::SocketAddr = {
-        let regs = get_json(&format!("{}/v1/service/db", c.api())).await.unwrap();
+        let regs = get_json(&format!("{}/v1/service/db", c.api()))
+            .await
+            .unwrap();
         let r = &regs[0];
         format!("{}:{}", r["Address"].as_str().unwrap(), r["Port"])
             .parse()
@@ -328,7 +334,10 @@ async fn upstreams_cross_nodes_over_mtls_and_intentions_apply() {
     let day = Duration::from_secs(86400);
 
     let none = probe(inbound, &sni, None, db_addr).await;
-    assert!(matches!(none, Probe::Refused(_)), "no client cert: {none:?}");
+    assert!(
+        matches!(none, Probe::Refused(_)),
+        "no client cert: {none:?}"
+    );
 
     let other_ca =
         flotilla_ca::generate_root("other.test", now(), Duration::from_secs(86400)).unwrap();
@@ -402,9 +411,12 @@ async fn stats(c: &Cluster, node: u8) -> serde_json::Value {
 
 /// Certificates a node's proxy holds: (SPIFFE ID, not_after, root id).
 async fn certs(c: &Cluster, node: u8) -> Vec<(String, i64, String)> {
-    let dump = get_json(&format!("http://{}/config_dump", c.net.addr(1 + node, 19000)))
-        .await
-        .unwrap_or_default();
+    let dump = get_json(&format!(
+        "http://{}/config_dump",
+        c.net.addr(1 + node, 19000)
+    ))
+    .await
+    .unwrap_or_default();
     dump["certificates"]
         .as_array()
         .into_iter()
@@ -422,7 +434,8 @@ async fn certs(c: &Cluster, node: u8) -> Vec<(String, i64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaf_and_root_rotation_under_load_drop_nothing() {
     let mut c = Cluster::new(std::path::Path::new(BIN));
-    c.server_args.extend(["--ca-leaf-ttl".to_string(), "60s".to_string()]);
+    c.server_args
+        .extend(["--ca-leaf-ttl".to_string(), "60s".to_string()]);
     c.start_server();
     c.start_agent(1);
     c.start_agent(2);

@@ -259,7 +259,10 @@ pub async fn intention_check(
             i.destination_name,
             i.action.as_str()
         ),
-        None => format!("no intention matches; default policy is {}", default.as_str()),
+        None => format!(
+            "no intention matches; default policy is {}",
+            default.as_str()
+        ),
     };
     Ok(with_index(
         state.index,

@@ -67,9 +67,8 @@ pub fn rotate(state: &CaState, mut new_root: CaRoot, now: i64) -> Result<CaState
 pub fn prune(state: &CaState, now: i64) -> Option<CaState> {
     let ttl_secs = state.leaf_cert_ttl / NANOS_PER_SEC;
     let grace = PRUNE_GRACE.as_secs() as i64;
-    let keep = |r: &CaRoot| {
-        r.active || (r.rotated_out_at + ttl_secs + grace > now && r.not_after > now)
-    };
+    let keep =
+        |r: &CaRoot| r.active || (r.rotated_out_at + ttl_secs + grace > now && r.not_after > now);
     if state.roots.iter().all(keep) {
         return None;
     }

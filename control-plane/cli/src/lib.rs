@@ -12,11 +12,11 @@ mod monitor;
 mod table;
 
 pub use client::Client;
-pub use mesh::{CaCmd, IntentionCmd, run_ca, run_intention};
 pub use commands::{
     AllocCmd, EvalCmd, JobCmd, NodeCmd, PeriodicCmd, ServiceCmd, VarArgs, run_alloc, run_eval,
     run_job, run_node, run_service,
 };
+pub use mesh::{CaCmd, IntentionCmd, run_ca, run_intention};
 
 /// Connection flags shared by every command that talks to a server.
 #[derive(Debug, Clone, clap::Args)]

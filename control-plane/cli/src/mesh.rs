@@ -48,7 +48,10 @@ pub enum IntentionCmd {
 }
 
 fn pair(src: &str, dst: &str) -> Vec<(&'static str, String)> {
-    vec![("source", src.to_string()), ("destination", dst.to_string())]
+    vec![
+        ("source", src.to_string()),
+        ("destination", dst.to_string()),
+    ]
 }
 
 const EXACT: &str = "/v1/connect/intentions/exact";
@@ -137,7 +140,13 @@ fn print_intentions(list: &[Intention]) {
         })
         .collect();
     table::print(
-        &["Source", "Destination", "Action", "Precedence", "Description"],
+        &[
+            "Source",
+            "Destination",
+            "Action",
+            "Precedence",
+            "Description",
+        ],
         &rows,
     );
 }
@@ -169,7 +178,10 @@ fn secs_to_rfc3339(secs: i64) -> String {
 }
 
 fn print_roots(v: &Value) {
-    println!("Trust domain  = {}", v["TrustDomain"].as_str().unwrap_or(""));
+    println!(
+        "Trust domain  = {}",
+        v["TrustDomain"].as_str().unwrap_or("")
+    );
     let ttl = v["LeafCertTTL"].as_i64().unwrap_or(0) / 1_000_000_000;
     println!(
         "Leaf cert TTL = {}",

@@ -14,9 +14,7 @@ use flotilla_proto::ca::v1::certificate_service_server::{
     CertificateService, CertificateServiceServer,
 };
 use flotilla_store::{Op, Store};
-use flotilla_types::{
-    CaState, DEFAULT_NAMESPACE, INGRESS_SERVICE, NODE_STATUS_DOWN, spiffe_id,
-};
+use flotilla_types::{CaState, DEFAULT_NAMESPACE, INGRESS_SERVICE, NODE_STATUS_DOWN, spiffe_id};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 

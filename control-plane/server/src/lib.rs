@@ -18,8 +18,8 @@
 
 pub mod agent_service;
 pub mod applier;
-pub mod ca_service;
 pub mod broker;
+pub mod ca_service;
 mod convert;
 pub mod drain;
 pub mod heartbeat;

@@ -158,7 +158,11 @@ async fn signs_only_for_services_the_node_runs() {
 async fn bootstrap_keeps_the_trust_domain_and_applies_a_new_ttl() {
     let store = store();
     let first = bootstrap(&*store, &CaConfig::default()).unwrap();
-    assert!(first.trust_domain.ends_with(".flotilla"), "{}", first.trust_domain);
+    assert!(
+        first.trust_domain.ends_with(".flotilla"),
+        "{}",
+        first.trust_domain
+    );
     let again = bootstrap(
         &*store,
         &CaConfig {

@@ -188,7 +188,8 @@ impl Store for RedbStore {
                             .map_err(backend)?;
                     }
                     Op::PutIntention(i) => {
-                        let key = flotilla_types::Intention::key(&i.source_name, &i.destination_name);
+                        let key =
+                            flotilla_types::Intention::key(&i.source_name, &i.destination_name);
                         intentions
                             .insert(key.as_str(), encode(i)?.as_slice())
                             .map_err(backend)?;

@@ -220,14 +220,14 @@ pub fn parse_clusters(resources: &[pb::Resource]) -> Result<Vec<Cluster>, Config
                     "empty: required for a remote endpoint (local = false)".into(),
                 ));
             }
-            let identity = if ep.identity.is_empty() {
-                None
-            } else {
-                Some(
-                    SpiffeId::parse(&ep.identity)
-                        .map_err(|e| err(&name, &format!("endpoints[{i}].identity"), e.to_string()))?,
-                )
-            };
+            let identity =
+                if ep.identity.is_empty() {
+                    None
+                } else {
+                    Some(SpiffeId::parse(&ep.identity).map_err(|e| {
+                        err(&name, &format!("endpoints[{i}].identity"), e.to_string())
+                    })?)
+                };
             endpoints.push(Endpoint {
                 address,
                 node_id: ep.node_id.clone(),
@@ -355,7 +355,12 @@ pub fn parse_listeners(resources: &[pb::Resource]) -> Result<Vec<UpstreamListene
         let port = u16::try_from(l.bind_port)
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| err("bind_port", format!("{} is not a port (1-65535)", l.bind_port)))?;
+            .ok_or_else(|| {
+                err(
+                    "bind_port",
+                    format!("{} is not a port (1-65535)", l.bind_port),
+                )
+            })?;
         let bind = SocketAddr::new(ip, port);
         if !names.insert(l.name.clone()) {
             return Err(err("name", format!("duplicate listener name {:?}", l.name)));
@@ -403,7 +408,10 @@ pub fn parse_trust(resources: &[pb::Resource]) -> Result<Option<Trust>, ConfigEr
             return Err(err("trust_domain", "empty".into()));
         }
         if tb.roots_pem.is_empty() {
-            return Err(err("roots_pem", "empty: at least one root is needed".into()));
+            return Err(err(
+                "roots_pem",
+                "empty: at least one root is needed".into(),
+            ));
         }
         trust = Some(
             Trust::from_pem(&tb.trust_domain, &tb.roots_pem, &tb.active_root_id)

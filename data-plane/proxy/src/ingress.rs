@@ -21,12 +21,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+use crate::config::Action;
 use crate::drain::Drain;
 use crate::error::RequestError;
 use crate::headers;
 use crate::router::{self, normalize_host};
 use crate::snapshot::ConfigHandle;
-use crate::config::Action;
 use crate::tls::issuer::INGRESS_SERVICE;
 use crate::upstream::{ConnectError, SendError, TunnelError, Upstream, UpstreamBody};
 

@@ -10,9 +10,7 @@
 use std::time::Duration;
 
 use flotilla_proto::discovery::v1::discovery_service_client::DiscoveryServiceClient;
-use flotilla_proto::discovery::v1::{
-    DiscoveryRequest, DiscoveryResponse, ErrorDetail,
-};
+use flotilla_proto::discovery::v1::{DiscoveryRequest, DiscoveryResponse, ErrorDetail};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};

@@ -96,9 +96,10 @@ pub async fn run(node: NodeIdentity, channel: Channel, config: ConfigHandle, cer
                     Some(c) => c.renew_at <= now || c.root_id != trust.active_root_id,
                 };
                 if !due {
-                    next_wake = Some(next_wake.map_or(current_renew(&current), |w| {
-                        w.min(current_renew(&current))
-                    }));
+                    next_wake = Some(
+                        next_wake
+                            .map_or(current_renew(&current), |w| w.min(current_renew(&current))),
+                    );
                     continue;
                 }
                 if let Some((at, _)) = retry.get(&key)

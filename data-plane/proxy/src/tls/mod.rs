@@ -220,8 +220,8 @@ impl MeshTls {
         let name = ServerName::try_from(peer.server_name()).map_err(io::Error::other)?;
         match TlsConnector::from(config).connect(name, io).await {
             Ok(stream) => {
-                let resumed = stream.get_ref().1.handshake_kind()
-                    == Some(rustls::HandshakeKind::Resumed);
+                let resumed =
+                    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                 inc(if resumed {
                     &self.stats.tls_resumed
                 } else {

@@ -97,7 +97,9 @@ impl SpiffeId {
         let (Some(svc), Some(ns), Some(dc), Some("svc"), Some(td)) =
             (it.next(), it.next(), it.next(), it.next(), it.next())
         else {
-            return Err(err("expected <service>.<namespace>.<dc>.svc.<trust-domain>"));
+            return Err(err(
+                "expected <service>.<namespace>.<dc>.svc.<trust-domain>",
+            ));
         };
         SpiffeId::parse(&format!("spiffe://{td}/ns/{ns}/dc/{dc}/svc/{svc}"))
             .map_err(|_| err("expected <service>.<namespace>.<dc>.svc.<trust-domain>"))
