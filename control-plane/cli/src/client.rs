@@ -91,22 +91,26 @@ impl Client {
         Ok((body, index))
     }
 
+    /// Sends `req` (built for `path`), checks the status and decodes the JSON answer.
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let resp = self.check(path, resp).await?;
+        resp.json()
+            .await
+            .with_context(|| format!("decoding the answer of {path}"))
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .post(self.url(path))
-            .json(body)
-            .send()
+        self.send_json(path, self.http.post(self.url(path)).json(body))
             .await
-            .map_err(|e| self.unreachable(e))?;
-        let resp = self.check(path, resp).await?;
-        resp.json()
-            .await
-            .with_context(|| format!("decoding the answer of {path}"))
     }
 
     /// PUT a JSON body with query parameters.
@@ -116,18 +120,8 @@ impl Client {
         query: &[(&str, String)],
         body: &B,
     ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .put(self.url(path))
-            .query(query)
-            .json(body)
-            .send()
+        self.send_json(path, self.http.put(self.url(path)).query(query).json(body))
             .await
-            .map_err(|e| self.unreachable(e))?;
-        let resp = self.check(path, resp).await?;
-        resp.json()
-            .await
-            .with_context(|| format!("decoding the answer of {path}"))
     }
 
     /// GET a JSON document with query parameters.
@@ -136,17 +130,8 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
     ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .query(query)
-            .send()
+        self.send_json(path, self.http.get(self.url(path)).query(query))
             .await
-            .map_err(|e| self.unreachable(e))?;
-        let resp = self.check(path, resp).await?;
-        resp.json()
-            .await
-            .with_context(|| format!("decoding the answer of {path}"))
     }
 
     pub async fn delete<T: DeserializeOwned>(
@@ -154,17 +139,8 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
     ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .delete(self.url(path))
-            .query(query)
-            .send()
+        self.send_json(path, self.http.delete(self.url(path)).query(query))
             .await
-            .map_err(|e| self.unreachable(e))?;
-        let resp = self.check(path, resp).await?;
-        resp.json()
-            .await
-            .with_context(|| format!("decoding the answer of {path}"))
     }
 
     /// A raw streaming GET (logs).

@@ -5,7 +5,11 @@
 //! requests and close, and whatever is still running when the grace period ends is dropped.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
 
 use hyper_util::server::graceful::GracefulConnection;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +69,36 @@ impl Drain {
             self.tasks.wait().await;
         }
         graceful
+    }
+
+    /// The next connection on `listener` with `TCP_NODELAY` set, or `None` once the drain has
+    /// started. Accept errors (typically out of file descriptors) are logged, naming
+    /// `listener_name`, and backed off instead of spinning.
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+        listener_name: &str,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                () = self.signaled() => {
+                    info!(listener = listener_name, addr = ?listener.local_addr().ok(), "stopped accepting");
+                    return None;
+                }
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    // Latency over throughput for proxied traffic; failure is harmless.
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, peer));
+                }
+                Err(error) => {
+                    warn!(listener = listener_name, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 
     /// Drives a hyper connection; on drain, asks it to finish in-flight requests and close.

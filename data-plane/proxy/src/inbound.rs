@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::Action;
 use crate::drain::Drain;
@@ -69,82 +69,64 @@ struct Peers {
 
 /// Accepts connections until the drain starts.
 pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, drain: Drain) {
-    let addr = listener.local_addr().ok();
-    loop {
-        let accepted = tokio::select! {
-            () = drain.signaled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                let acceptor = match inbound.tls.acceptor() {
-                    Ok(a) => a,
-                    Err(error) => {
-                        warn!(%peer, %error, "cannot build the inbound TLS config");
-                        continue;
-                    }
-                };
-                let (inbound, conn_drain) = (inbound.clone(), drain.clone());
-                drain.spawn(async move {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                        .await
-                    {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(error)) => {
-                            inc(&inbound.stats.inbound_handshake_failed);
-                            warn!(%peer, %error, "inbound mTLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            inc(&inbound.stats.inbound_handshake_failed);
-                            warn!(%peer, "inbound mTLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let (_, conn) = tls.get_ref();
-                    let source = conn
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .ok_or_else(|| "no client certificate".to_string())
-                        .and_then(|c| spiffe_id_of(c));
-                    // The identity this side presented: the SNI arrives lower-cased, while
-                    // service names may contain capitals.
-                    let destination = conn
-                        .server_name()
-                        .ok_or_else(|| "no server name".to_string())
-                        .and_then(|n| {
-                            inbound
-                                .tls
-                                .certs()
-                                .for_server_name(n)
-                                .map(|c| c.id.clone())
-                                .ok_or_else(|| format!("no certificate for server name {n:?}"))
-                        });
-                    match (source, destination) {
-                        (Ok(source), Ok(destination)) => {
-                            let peers = Peers {
-                                addr: peer,
-                                source,
-                                destination,
-                            };
-                            serve_connection(tls, peers, inbound, conn_drain).await;
-                        }
-                        (Err(e), _) | (_, Err(e)) => {
-                            inc(&inbound.stats.inbound_handshake_failed);
-                            warn!(%peer, error = %e, "inbound connection without usable identities");
-                        }
-                    }
-                });
-            }
+    while let Some((tcp, peer)) = drain.accept(&listener, "inbound").await {
+        let acceptor = match inbound.tls.acceptor() {
+            Ok(a) => a,
             Err(error) => {
-                warn!(listener = "inbound", ?addr, %error, "accept failed");
-                // Typically out of file descriptors: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                warn!(%peer, %error, "cannot build the inbound TLS config");
+                continue;
             }
-        }
+        };
+        let (inbound, conn_drain) = (inbound.clone(), drain.clone());
+        drain.spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    inc(&inbound.stats.inbound_handshake_failed);
+                    warn!(%peer, %error, "inbound mTLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    inc(&inbound.stats.inbound_handshake_failed);
+                    warn!(%peer, "inbound mTLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, conn) = tls.get_ref();
+            let source = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or_else(|| "no client certificate".to_string())
+                .and_then(|c| spiffe_id_of(c));
+            // The identity this side presented: the SNI arrives lower-cased, while
+            // service names may contain capitals.
+            let destination = conn
+                .server_name()
+                .ok_or_else(|| "no server name".to_string())
+                .and_then(|n| {
+                    inbound
+                        .tls
+                        .certs()
+                        .for_server_name(n)
+                        .map(|c| c.id.clone())
+                        .ok_or_else(|| format!("no certificate for server name {n:?}"))
+                });
+            match (source, destination) {
+                (Ok(source), Ok(destination)) => {
+                    let peers = Peers {
+                        addr: peer,
+                        source,
+                        destination,
+                    };
+                    serve_connection(tls, peers, inbound, conn_drain).await;
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    inc(&inbound.stats.inbound_handshake_failed);
+                    warn!(%peer, error = %e, "inbound connection without usable identities");
+                }
+            }
+        });
     }
-    info!(listener = "inbound", ?addr, "stopped accepting");
 }
 
 /// Serves one authenticated node-to-node connection.

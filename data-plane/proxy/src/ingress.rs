@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri, Version, header};
@@ -19,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::Action;
 use crate::drain::Drain;
@@ -213,26 +212,10 @@ fn error_response(error: &RequestError) -> Response<ResponseBody> {
 
 /// Accepts connections until the drain starts.
 pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>, drain: Drain) {
-    let addr = listener.local_addr().ok();
-    loop {
-        let accepted = tokio::select! {
-            () = drain.signaled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                let (ingress, conn_drain) = (ingress.clone(), drain.clone());
-                drain.spawn(serve_connection(tcp, peer, ingress, conn_drain));
-            }
-            Err(error) => {
-                warn!(listener = "ingress", ?addr, %error, "accept failed");
-                // Typically out of file descriptors: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+    while let Some((tcp, peer)) = drain.accept(&listener, "ingress").await {
+        let (ingress, conn_drain) = (ingress.clone(), drain.clone());
+        drain.spawn(serve_connection(tcp, peer, ingress, conn_drain));
     }
-    info!(listener = "ingress", ?addr, "stopped accepting");
 }
 
 /// Serves one client connection (HTTP/1.1 or h2c prior knowledge) over any byte stream.

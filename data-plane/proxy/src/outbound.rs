@@ -150,22 +150,9 @@ async fn accept_loop(
     drain: Drain,
 ) {
     let spec = Arc::new(spec);
-    loop {
-        let accepted = tokio::select! {
-            () = drain.signaled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                inc(&outbound.stats.outbound_connections);
-                drain.spawn(handle(tcp, peer, spec.clone(), outbound.clone()));
-            }
-            Err(error) => {
-                warn!(listener = %spec.name, %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+    while let Some((tcp, peer)) = drain.accept(&listener, &spec.name).await {
+        inc(&outbound.stats.outbound_connections);
+        drain.spawn(handle(tcp, peer, spec.clone(), outbound.clone()));
     }
 }
 
