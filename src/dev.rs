@@ -35,8 +35,8 @@ pub struct DevArgs {
     pub admin_port: u16,
     /// Mesh connections no intention matches: `allow` (the dev default, so examples work out of
     /// the box) or `deny` (the server's default).
-    #[arg(long, default_value = "allow", value_parser = ["allow", "deny"])]
-    pub default_intention: String,
+    #[arg(long, default_value = "allow", value_parser = crate::server::parse_intention_action)]
+    pub default_intention: flotilla_types::IntentionAction,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -60,11 +60,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         heartbeat_ttl: Duration::from_secs(10),
         workers: 2,
         trust_domain: None,
-        ca_leaf_ttl: Duration::from_secs(72 * 3600),
+        ca_leaf_ttl: flotilla_server::ca_service::CaConfig::default().leaf_ttl,
         ca_cert: None,
         ca_key: None,
-        default_intention: flotilla_types::IntentionAction::parse(&args.default_intention)
-            .unwrap_or(flotilla_types::IntentionAction::Allow),
+        default_intention: args.default_intention,
     };
     let (server, server_task) = crate::server::start(&server_args, shutdown.clone()).await?;
     let agent_args = AgentArgs {

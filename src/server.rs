@@ -57,7 +57,7 @@ fn parse_leaf_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_intention_action(s: &str) -> Result<flotilla_types::IntentionAction, String> {
+pub(crate) fn parse_intention_action(s: &str) -> Result<flotilla_types::IntentionAction, String> {
     flotilla_types::IntentionAction::parse(s)
         .ok_or_else(|| format!("{s:?} is not an intention action (expected allow or deny)"))
 }

@@ -479,31 +479,26 @@ async fn leaf_and_root_rotation_under_load_drop_nothing() {
     });
 
     // Three leaf rotations on both nodes: every certificate's expiry moves three times.
-    let web_id = |certs: &[(String, i64, String)]| {
+    // The expiry of `svc`'s certificate among a node's certificates.
+    let not_after = |certs: &[(String, i64, String)], svc: &str| {
         certs
             .iter()
-            .find(|(id, _, _)| id.ends_with("/svc/web"))
+            .find(|(id, _, _)| id.ends_with(&format!("/svc/{svc}")))
             .map(|(_, not_after, _)| *not_after)
     };
-    let db_id = |certs: &[(String, i64, String)]| {
-        certs
-            .iter()
-            .find(|(id, _, _)| id.ends_with("/svc/db"))
-            .map(|(_, not_after, _)| *not_after)
-    };
-    let first_web = web_id(&certs(&c, 1).await).expect("web cert on node-1");
-    let first_db = db_id(&certs(&c, 2).await).expect("db cert on node-2");
+    let first_web = not_after(&certs(&c, 1).await, "web").expect("web cert on node-1");
+    let first_db = not_after(&certs(&c, 2).await, "db").expect("db cert on node-2");
     let mut seen_web = vec![first_web];
     let mut seen_db = vec![first_db];
     let deadline = Instant::now() + Duration::from_secs(150);
     while (seen_web.len() < 4 || seen_db.len() < 4) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Some(w) = web_id(&certs(&c, 1).await)
+        if let Some(w) = not_after(&certs(&c, 1).await, "web")
             && !seen_web.contains(&w)
         {
             seen_web.push(w);
         }
-        if let Some(d) = db_id(&certs(&c, 2).await)
+        if let Some(d) = not_after(&certs(&c, 2).await, "db")
             && !seen_db.contains(&d)
         {
             seen_db.push(d);

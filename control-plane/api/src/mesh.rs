@@ -15,10 +15,7 @@ use crate::error::{ApiError, decode};
 use crate::reads::{BlockingQuery, block, with_index};
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
+    crate::jobs::now_nanos() / flotilla_types::NANOS_PER_SEC
 }
 
 fn roots_json(ca: &flotilla_types::CaState) -> Value {

@@ -41,4 +41,6 @@ pub use error::CaError;
 pub use flotilla_types::CaRoot;
 pub use leaf::{SignedLeaf, sign_leaf, spiffe_id_of};
 pub use root::{ROOT_NAME, cross_sign, generate_root, load_root};
-pub use state::{DEFAULT_LEAF_TTL, PRUNE_GRACE, ROOT_VALIDITY, bootstrap, leaf_ttl, prune, rotate};
+pub use state::{
+    DEFAULT_LEAF_TTL, PRUNE_GRACE, ROOT_VALIDITY, bootstrap, leaf_ttl, prune, rotate, with_leaf_ttl,
+};

@@ -35,6 +35,14 @@ pub fn bootstrap(trust_domain: &str, leaf_ttl: Duration, mut root: CaRoot) -> Ca
     }
 }
 
+/// `state` with leaves lasting `ttl` from now on.
+pub fn with_leaf_ttl(state: &CaState, ttl: Duration) -> CaState {
+    CaState {
+        leaf_cert_ttl: nanos(ttl),
+        ..state.clone()
+    }
+}
+
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }

@@ -194,18 +194,15 @@ fn print_roots(v: &Value) {
         .map(|r| {
             vec![
                 r["ID"].as_str().unwrap_or("").chars().take(16).collect(),
-                if r["Active"].as_bool() == Some(true) {
-                    "true".into()
-                } else {
-                    "false".into()
-                },
+                r["Active"].as_bool().unwrap_or(false).to_string(),
                 secs_to_rfc3339(r["NotBefore"].as_i64().unwrap_or(0)),
                 secs_to_rfc3339(r["NotAfter"].as_i64().unwrap_or(0)),
                 if r["CrossSignedCert"].as_str().is_some_and(|c| !c.is_empty()) {
-                    "yes".into()
+                    "yes"
                 } else {
-                    "no".into()
-                },
+                    "no"
+                }
+                .into(),
             ]
         })
         .collect();

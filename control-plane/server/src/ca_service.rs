@@ -67,7 +67,6 @@ fn now_secs() -> i64 {
 pub fn bootstrap(store: &dyn Store, cfg: &CaConfig) -> Result<Arc<CaState>, CaSetupError> {
     let state = store.snapshot();
     let now = now_secs();
-    let leaf_ttl = i64::try_from(cfg.leaf_ttl.as_nanos()).unwrap_or(i64::MAX);
     if let Some(ca) = &state.ca {
         if let Some(wanted) = &cfg.trust_domain
             && wanted != &ca.trust_domain
@@ -83,10 +82,11 @@ pub fn bootstrap(store: &dyn Store, cfg: &CaConfig) -> Result<Arc<CaState>, CaSe
                 return Err(CaSetupError::RootChanged { id: supplied.id });
             }
         }
-        if ca.leaf_cert_ttl != leaf_ttl {
-            let mut next = (**ca).clone();
-            next.leaf_cert_ttl = leaf_ttl;
-            store.apply(vec![Op::PutCa(next)])?;
+        if flotilla_ca::leaf_ttl(ca) != cfg.leaf_ttl {
+            store.apply(vec![Op::PutCa(flotilla_ca::with_leaf_ttl(
+                ca,
+                cfg.leaf_ttl,
+            ))])?;
             info!(leaf_ttl = ?cfg.leaf_ttl, "CA leaf TTL changed");
         }
         return Ok(store.snapshot().ca.clone().unwrap_or_else(|| ca.clone()));

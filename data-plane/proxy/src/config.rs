@@ -4,7 +4,7 @@
 //! sees these types. A [`ConfigError`] names the resource, the field, the value and what was
 //! expected, and becomes the NACK message.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -460,38 +460,86 @@ pub struct IntentionRule {
 pub struct Authorization {
     pub default_action: Action,
     /// Highest precedence first.
-    pub rules: Vec<IntentionRule>,
+    rules: Vec<IntentionRule>,
+    /// Indexes into `rules` (so in precedence order) of the rules naming each destination, and
+    /// of those with destination `*`: a decision looks at two short lists, not every rule.
+    by_destination: HashMap<String, Vec<usize>>,
+    any_destination: Vec<usize>,
 }
 
 impl Default for Authorization {
     /// Nothing received yet: deny (fail closed).
     fn default() -> Self {
-        Authorization {
-            default_action: Action::Deny,
-            rules: Vec::new(),
+        Authorization::new(Action::Deny, Vec::new())
+    }
+}
+
+/// The decision for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision<'a> {
+    pub action: Action,
+    /// The intention that decided, or `None` when the default applied.
+    pub matched: Option<&'a IntentionRule>,
+}
+
+impl Decision<'_> {
+    /// Whether the connection must be refused.
+    pub fn denied(&self) -> bool {
+        self.action == Action::Deny
+    }
+
+    /// Why a denied connection was refused: the intention, or the default policy.
+    pub fn reason(&self) -> String {
+        match self.matched {
+            Some(r) => format!("intention {} => {} denies it", r.source, r.destination),
+            None => "no intention allows it and the default policy is deny".to_string(),
         }
     }
 }
 
-/// The decision for one connection and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub action: Action,
-    /// The intention that decided, as `src => dst`, or `None` when the default applied.
-    pub matched: Option<String>,
-}
-
 impl Authorization {
+    /// Rules in any order; they are sorted by precedence (ties keep their order).
+    pub fn new(default_action: Action, mut rules: Vec<IntentionRule>) -> Self {
+        rules.sort_by_key(|r| std::cmp::Reverse(r.precedence));
+        let mut by_destination: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_destination = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            if r.destination == "*" {
+                any_destination.push(i);
+            } else {
+                by_destination
+                    .entry(r.destination.clone())
+                    .or_default()
+                    .push(i);
+            }
+        }
+        Authorization {
+            default_action,
+            rules,
+            by_destination,
+            any_destination,
+        }
+    }
+
     /// The highest-precedence intention matching `source` → `destination`, else the default.
-    pub fn decide(&self, source: &str, destination: &str) -> Decision {
-        let hit = self.rules.iter().find(|r| {
-            (r.source == "*" || r.source == source)
-                && (r.destination == "*" || r.destination == destination)
-        });
-        match hit {
+    pub fn decide(&self, source: &str, destination: &str) -> Decision<'_> {
+        let first = |indexes: &[usize]| {
+            indexes
+                .iter()
+                .copied()
+                .find(|&i| self.rules[i].source == "*" || self.rules[i].source == source)
+        };
+        let exact = self.by_destination.get(destination).and_then(|v| first(v));
+        let any = first(&self.any_destination);
+        // Lower index = higher precedence (or earlier among equals).
+        let hit = match (exact, any) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match hit.map(|i| &self.rules[i]) {
             Some(r) => Decision {
                 action: r.action,
-                matched: Some(format!("{} => {}", r.source, r.destination)),
+                matched: Some(r),
             },
             None => Decision {
                 action: self.default_action,
@@ -556,12 +604,7 @@ pub fn parse_authorization(resources: &[pb::Resource]) -> Result<Authorization, 
                 precedence: r.precedence,
             });
         }
-        // Stable: equal precedence keeps the server's order.
-        rules.sort_by_key(|r| std::cmp::Reverse(r.precedence));
-        out = Some(Authorization {
-            default_action,
-            rules,
-        });
+        out = Some(Authorization::new(default_action, rules));
     }
     Ok(out.unwrap_or_default())
 }
@@ -667,5 +710,39 @@ mod tests {
         assert_eq!(err.field, "cluster");
         let err = parse_routes(&[route_resource("a b", "/", "x")]).unwrap_err();
         assert_eq!(err.field, "host");
+    }
+
+    #[test]
+    fn decisions_follow_precedence_across_exact_and_wildcard_destinations() {
+        let rule = |src: &str, dst: &str, action, precedence| IntentionRule {
+            source: src.into(),
+            destination: dst.into(),
+            action,
+            precedence,
+        };
+        let authz = Authorization::new(
+            Action::Deny,
+            vec![
+                rule("*", "*", Action::Allow, 5),
+                rule("web", "*", Action::Deny, 6),
+                rule("*", "db", Action::Allow, 8),
+                rule("api", "db", Action::Deny, 9),
+            ],
+        );
+        assert!(authz.decide("api", "db").denied());
+        assert!(!authz.decide("web", "db").denied(), "*→db beats web→*");
+        assert!(authz.decide("web", "cache").denied(), "web→* beats *→*");
+        assert!(!authz.decide("other", "cache").denied());
+        let none = Authorization::new(Action::Deny, Vec::new());
+        let d = none.decide("a", "b");
+        assert!(d.denied() && d.matched.is_none());
+        assert_eq!(
+            d.reason(),
+            "no intention allows it and the default policy is deny"
+        );
+        assert_eq!(
+            authz.decide("api", "db").reason(),
+            "intention api => db denies it"
+        );
     }
 }

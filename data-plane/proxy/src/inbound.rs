@@ -24,7 +24,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::config::Action;
 use crate::drain::Drain;
 use crate::snapshot::ConfigHandle;
 use crate::stats::{Stats, inc};
@@ -184,12 +183,9 @@ async fn handle(
     let snapshot = inbound.config.load();
     let (source, destination) = (&peers.source.service, &peers.destination.service);
     let decision = snapshot.authorize(source, destination);
-    if decision.action == Action::Deny {
+    if decision.denied() {
         inc(&inbound.stats.inbound_denied);
-        let why = decision
-            .matched
-            .map(|m| format!("intention {m} denies it"))
-            .unwrap_or_else(|| "no intention allows it and the default policy is deny".into());
+        let why = decision.reason();
         warn!(%peer, %source, %destination, %why, "refused connection");
         return text(
             StatusCode::FORBIDDEN,

@@ -20,14 +20,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::config::Action;
 use crate::drain::Drain;
 use crate::error::RequestError;
 use crate::headers;
 use crate::router::{self, normalize_host};
 use crate::snapshot::ConfigHandle;
 use crate::tls::issuer::INGRESS_SERVICE;
-use crate::upstream::{ConnectError, SendError, TunnelError, Upstream, UpstreamBody};
+use crate::upstream::{SendError, Upstream, UpstreamBody};
 
 /// Body type of responses to ingress clients.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
@@ -103,16 +102,11 @@ impl Ingress {
             return Err(no_healthy());
         }
         let decision = snapshot.authorize(INGRESS_SERVICE, service);
-        if decision.action == Action::Deny {
+        if decision.denied() {
             return Err(RequestError::Denied {
                 caller: INGRESS_SERVICE.to_owned(),
                 destination: service.to_owned(),
-                reason: decision
-                    .matched
-                    .map(|m| format!("intention {m} denies it"))
-                    .unwrap_or_else(|| {
-                        "no intention allows it and the default policy is deny".to_owned()
-                    }),
+                reason: decision.reason(),
             });
         }
         let mut req = prepare_request(req, peer, raw_host);
@@ -125,26 +119,15 @@ impl Ingress {
             let target = endpoint.target();
             match self.upstream.send(target.clone(), req).await {
                 Ok(resp) => return Ok(finish_response(resp)),
-                Err(SendError::Connect {
-                    error:
-                        ConnectError::Tunnel {
-                            error:
-                                TunnelError::Refused {
-                                    status: StatusCode::FORBIDDEN,
-                                    message,
-                                },
-                            ..
-                        },
-                    ..
-                }) => {
-                    // The peer's intentions said no; another instance would say the same.
-                    return Err(RequestError::Denied {
-                        caller: INGRESS_SERVICE.to_owned(),
-                        destination: service.to_owned(),
-                        reason: message,
-                    });
-                }
                 Err(SendError::Connect { error, request }) => {
+                    if let Some(why) = error.denial() {
+                        // The peer's intentions said no; another instance would say the same.
+                        return Err(RequestError::Denied {
+                            caller: INGRESS_SERVICE.to_owned(),
+                            destination: service.to_owned(),
+                            reason: why.to_owned(),
+                        });
+                    }
                     warn!(service, %target, %error, "upstream connect failed (nothing sent; safe to retry)");
                     req = *request;
                     last_failure = Some((endpoint.address, error));

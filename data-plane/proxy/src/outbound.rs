@@ -21,12 +21,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::config::{Action, UpstreamListener};
+use crate::config::{Target, UpstreamListener};
 use crate::drain::Drain;
 use crate::snapshot::ConfigHandle;
 use crate::stats::{Stats, inc};
 use crate::tls::{MeshTls, service_key};
-use crate::upstream::{ConnectError, TunnelError, mesh_tunnel};
+use crate::upstream::mesh_tunnel;
 
 /// Instances tried per connection before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -177,31 +177,25 @@ async fn handle(
         warn!(listener = %spec.name, destination = %spec.destination, "unknown destination service; closing");
         return;
     };
-    let healthy = cluster.healthy().to_vec();
-    let order: Vec<usize> = cluster
+    // Only the few instances to try outlive the snapshot, which is not held for the
+    // connection's lifetime.
+    let healthy = cluster.healthy();
+    let targets: Vec<Target> = cluster
         .balancer()
         .attempts(healthy.len(), MAX_ATTEMPTS)
+        .map(|i| healthy[i].target())
         .collect();
     let decision = snapshot.authorize(&spec.source_service, &spec.destination);
+    // Local instances are authorized here; remote ones by their node's inbound listener.
+    let local_denial = decision.denied().then(|| decision.reason());
     drop(snapshot);
     let mut app = Some(app);
     let mut last = String::from("no healthy instance");
-    for index in order {
-        let endpoint = &healthy[index];
-        let attempt = if endpoint.local {
-            if decision.action == Action::Deny {
-                Attempt::Denied(decision.matched.clone().map_or_else(
-                    || "no intention allows it and the default policy is deny".to_string(),
-                    |m| format!("intention {m} denies it"),
-                ))
-            } else {
-                local(&outbound, &mut app, endpoint.address).await
-            }
-        } else {
-            match &endpoint.target().via {
-                Some(via) => remote(&outbound, &spec, &mut app, via, endpoint.address).await,
-                None => Attempt::Failed("remote endpoint without a proxy address".into()),
-            }
+    for target in targets {
+        let attempt = match (&target.via, &local_denial) {
+            (None, Some(why)) => Attempt::Denied(why.clone()),
+            (None, None) => local(&outbound, &mut app, target.addr).await,
+            (Some(via), _) => remote(&outbound, &spec, &mut app, via, target.addr).await,
         };
         match attempt {
             Attempt::Done => return,
@@ -211,7 +205,7 @@ async fn handle(
                 return;
             }
             Attempt::Failed(error) => {
-                debug!(%peer, endpoint = %endpoint.address, %error, "upstream instance unreachable; trying the next");
+                debug!(%peer, endpoint = %target.addr, %error, "upstream instance unreachable; trying the next");
                 last = error;
             }
         }
@@ -259,15 +253,12 @@ async fn remote(
     .await;
     let mut tunnel = match tunnel {
         Ok(Ok(t)) => hyper_util::rt::TokioIo::new(t),
-        Ok(Err(ConnectError::Tunnel {
-            error:
-                TunnelError::Refused {
-                    status: http::StatusCode::FORBIDDEN,
-                    message,
-                },
-            ..
-        })) => return Attempt::Denied(message),
-        Ok(Err(e)) => return Attempt::Failed(e.to_string()),
+        Ok(Err(e)) => {
+            return match e.denial() {
+                Some(why) => Attempt::Denied(why.to_string()),
+                None => Attempt::Failed(e.to_string()),
+            };
+        }
         Err(_) => return Attempt::Failed(format!("connect via {}: timed out", via.proxy)),
     };
     let Some(mut app) = app.take() else {

@@ -169,7 +169,7 @@ impl Snapshot {
     }
 
     /// Whether a connection from `source` to `destination` (service names) is allowed.
-    pub fn authorize(&self, source: &str, destination: &str) -> Decision {
+    pub fn authorize(&self, source: &str, destination: &str) -> Decision<'_> {
         self.authorization.decide(source, destination)
     }
 

@@ -83,6 +83,24 @@ pub enum ConnectError {
     Closed(hyper::Error),
 }
 
+impl ConnectError {
+    /// The peer proxy's reason when its intentions refused the tunnel (403): trying another
+    /// instance of the same service would be refused too.
+    pub fn denial(&self) -> Option<&str> {
+        match self {
+            ConnectError::Tunnel {
+                error:
+                    TunnelError::Refused {
+                        status: StatusCode::FORBIDDEN,
+                        message,
+                    },
+                ..
+            } => Some(message),
+            _ => None,
+        }
+    }
+}
+
 /// A CONNECT tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {

@@ -623,10 +623,10 @@ async fn config_can_be_applied_without_a_server() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     proxy.config.apply_authorization(
         "t1",
-        flotilla_proxy::config::Authorization {
-            default_action: flotilla_proxy::config::Action::Allow,
-            rules: Vec::new(),
-        },
+        flotilla_proxy::config::Authorization::new(
+            flotilla_proxy::config::Action::Allow,
+            Vec::new(),
+        ),
     );
     let r = get(proxy.ingress, "hello.service.flotilla", "/").await;
     assert_eq!(r.body, "direct");

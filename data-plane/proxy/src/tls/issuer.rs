@@ -72,7 +72,8 @@ pub async fn run(node: NodeIdentity, channel: Channel, config: ConfigHandle, cer
     let mut retry: HashMap<String, (i64, u64)> = HashMap::new();
     loop {
         let snapshot = config.load();
-        let mut next_wake: Option<i64> = None;
+        // The earliest time some certificate needs attention (renewal or a retry).
+        let mut next_wake = i64::MAX;
         if let Some(trust) = snapshot.trust() {
             let want = wanted(&snapshot);
             let keys: BTreeSet<String> = want
@@ -91,49 +92,41 @@ pub async fn run(node: NodeIdentity, channel: Channel, config: ConfigHandle, cer
                 };
                 let key = id.service_key();
                 let current = certs.get(&key);
-                let due = match &current {
-                    None => true,
-                    Some(c) => c.renew_at <= now || c.root_id != trust.active_root_id,
+                let wake_at = match (&current, retry.get(&key)) {
+                    (Some(c), _) if c.renew_at > now && c.root_id == trust.active_root_id => {
+                        c.renew_at
+                    }
+                    (_, Some(&(at, _))) if at > now => at,
+                    _ => match issue(&mut client, &node, &id).await {
+                        Ok(cert) => {
+                            info!(
+                                spiffe_id = %id,
+                                not_after = cert.not_after,
+                                renew_in_s = cert.renew_at - now,
+                                renewal = current.is_some(),
+                                "workload certificate installed"
+                            );
+                            retry.remove(&key);
+                            let renew_at = cert.renew_at;
+                            certs.insert(cert);
+                            renew_at
+                        }
+                        Err(error) => {
+                            let backoff = retry.get(&key).map_or(1, |(_, b)| (b * 2).min(30));
+                            warn!(spiffe_id = %id, %error, retry_in_s = backoff, "certificate request failed");
+                            let at = now + backoff as i64;
+                            retry.insert(key, (at, backoff));
+                            at
+                        }
+                    },
                 };
-                if !due {
-                    next_wake = Some(
-                        next_wake
-                            .map_or(current_renew(&current), |w| w.min(current_renew(&current))),
-                    );
-                    continue;
-                }
-                if let Some((at, _)) = retry.get(&key)
-                    && *at > now
-                {
-                    next_wake = Some(next_wake.map_or(*at, |w| w.min(*at)));
-                    continue;
-                }
-                match issue(&mut client, &node, &id).await {
-                    Ok(cert) => {
-                        info!(
-                            spiffe_id = %id,
-                            not_after = cert.not_after,
-                            renew_in_s = cert.renew_at - now,
-                            renewal = current.is_some(),
-                            "workload certificate installed"
-                        );
-                        next_wake = Some(next_wake.map_or(cert.renew_at, |w| w.min(cert.renew_at)));
-                        retry.remove(&key);
-                        certs.insert(cert);
-                    }
-                    Err(error) => {
-                        let backoff = retry.get(&key).map_or(1, |(_, b)| (b * 2).min(30));
-                        warn!(spiffe_id = %id, %error, retry_in_s = backoff, "certificate request failed");
-                        let at = now + backoff as i64;
-                        retry.insert(key, (at, backoff));
-                        next_wake = Some(next_wake.map_or(at, |w| w.min(at)));
-                    }
-                }
+                next_wake = next_wake.min(wake_at);
             }
         }
-        let sleep = match next_wake {
-            Some(at) => Duration::from_secs(u64::try_from(at - now_secs()).unwrap_or(0).max(1)),
-            None => Duration::from_secs(3600),
+        let sleep = if next_wake == i64::MAX {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_secs(u64::try_from(next_wake - now_secs()).unwrap_or(0).max(1))
         };
         tokio::select! {
             changed = changes.changed() => {
@@ -144,10 +137,6 @@ pub async fn run(node: NodeIdentity, channel: Channel, config: ConfigHandle, cer
             () = tokio::time::sleep(sleep) => {}
         }
     }
-}
-
-fn current_renew(c: &Option<Arc<LocalCert>>) -> i64 {
-    c.as_ref().map_or(0, |c| c.renew_at)
 }
 
 /// Makes a key, sends the CSR, and builds the installed certificate.
