@@ -34,6 +34,22 @@ pub(crate) fn schedule(
         released.push(alloc);
     }
     plan.followups = rec.followups;
+    plan.deployment_updates = rec.cancel;
+    let mut rollout = rec.rollout;
+    if rollout.created
+        && let Some(d) = rollout.deployment.as_mut()
+    {
+        d.id = (env.new_id)();
+        plan.deployment = Some(d.clone());
+    }
+    // New and updated instances of a group join the deployment that is rolling out.
+    let joins = |group: &str| {
+        rollout
+            .deployment
+            .as_ref()
+            .filter(|d| d.active() && d.task_groups.contains_key(group))
+            .map(|d| d.id.clone())
+    };
     let Some(job) = job.as_ref().filter(|j| !j.stop) else {
         return plan;
     };
@@ -58,6 +74,7 @@ pub(crate) fn schedule(
                 index: a.index().unwrap_or(0),
                 previous: Some(a),
                 reschedule: None,
+                canary: false,
             });
         }
     }
@@ -99,6 +116,13 @@ pub(crate) fn schedule(
         if let Some(prev) = &p.previous {
             alloc.previous_allocation = prev.id.clone();
         }
+        if let Some(id) = joins(&p.group) {
+            alloc.deployment_id = id;
+            alloc.deployment_status = p.canary.then(|| AllocDeploymentStatus {
+                canary: true,
+                ..Default::default()
+            });
+        }
         if let Some(tracker) = p.reschedule {
             alloc.reschedule_tracker = Some(tracker);
             if let Some(prev) = &p.previous {
@@ -114,6 +138,13 @@ pub(crate) fn schedule(
         }
         ctx.commit(i, &alloc);
         plan.place.push(alloc);
+    }
+    // Updated in place to the new version: healthy again only once the watcher says so.
+    for a in &mut plan.updates {
+        if let Some(id) = joins(&a.task_group) {
+            a.deployment_id = id;
+            a.deployment_status = None;
+        }
     }
     plan
 }

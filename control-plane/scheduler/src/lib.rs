@@ -40,6 +40,7 @@ mod generic;
 mod plan;
 mod rank;
 mod reconcile;
+mod rollout;
 mod system;
 mod usage;
 mod version;

@@ -30,6 +30,10 @@ pub struct Plan {
     /// Existing allocations updated in place without stopping (moved to a new job version whose
     /// change needs no restart) — written as-is.
     pub updates: Vec<Allocation>,
+    /// A deployment this plan starts (the job's new version rolls out under it).
+    pub deployment: Option<Deployment>,
+    /// Existing deployments with a new status (cancelled by a newer version or a stopped job).
+    pub deployment_updates: Vec<Deployment>,
 }
 
 impl Plan {
@@ -39,6 +43,8 @@ impl Plan {
             && self.stop.is_empty()
             && self.updates.is_empty()
             && self.followups.is_empty()
+            && self.deployment.is_none()
+            && self.deployment_updates.is_empty()
     }
 
     /// Check the plan against `state` (possibly newer than the snapshot it was made from):

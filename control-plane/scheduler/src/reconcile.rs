@@ -7,6 +7,8 @@ use std::sync::Arc;
 use flotilla_store::State;
 use flotilla_types::*;
 
+use crate::rollout::{self, Rollout};
+
 /// Past reschedule events kept on an allocation whose policy is unlimited (Nomad keeps 5 and
 /// doubles the last delay; the delay here is `delay_for(events + 1)`, so enough are kept for
 /// the default policy to reach its `max_delay`).
@@ -26,6 +28,8 @@ pub const DESC_MIGRATING: &str = "alloc is being migrated";
 pub const DESC_LOST: &str = "alloc is lost since its node is down";
 pub const DESC_RESCHEDULED: &str = "alloc was rescheduled because it failed";
 pub const DESC_DUPLICATE: &str = "alloc not needed: duplicate instance";
+pub const DESC_REPLACED_BY_CANARY: &str = "alloc not needed as it was replaced by a promoted canary";
+pub const DESC_CANARY_ENDED: &str = "alloc not needed as its deployment ended before promotion";
 
 /// What must change for a job to match its specification.
 #[derive(Debug, Default)]
@@ -43,6 +47,10 @@ pub struct Reconciled {
     pub followups: Vec<(String, i64)>,
     /// The job's allocations that hold resources (not terminal), stopped ones included.
     pub live: Vec<Arc<Allocation>>,
+    /// The current version's deployment and what it allows now.
+    pub(crate) rollout: Rollout,
+    /// Deployments to mark cancelled (superseded by a newer version, or the job stopped).
+    pub cancel: Vec<Deployment>,
 }
 
 /// One instance to place: its group and index (`web[2]`), and the allocation it replaces.
@@ -55,6 +63,8 @@ pub struct Placement {
     /// For the replacement of a failed allocation: the reschedule history it carries (with the
     /// new event last). Nodes in it are penalised.
     pub reschedule: Option<RescheduleTracker>,
+    /// A canary of the deployment: runs next to the instance at its index until promoted.
+    pub canary: bool,
 }
 
 /// What the reschedule policy says about a failed allocation.
@@ -215,6 +225,7 @@ pub fn reconcile(state: &State, job: Option<&Job>, eval: &Evaluation, now: i64) 
         .filter(|a| !a.terminal())
         .map(|a| (*a).clone())
         .collect();
+    out.cancel = rollout::cancelled(state, job, &eval.namespace, &eval.job_id, now);
 
     let Some(job) = job.filter(|j| !j.stop) else {
         for a in all {
@@ -228,10 +239,18 @@ pub fn reconcile(state: &State, job: Option<&Job>, eval: &Evaluation, now: i64) 
     let batch = job.job_type == JOB_TYPE_BATCH || job.job_type == JOB_TYPE_SYSBATCH;
 
     // Group the allocations that still matter by task group and index, oldest first.
+    // Canaries waiting for promotion stand beside the index they will take over.
     let mut by_group: BTreeMap<&str, BTreeMap<u32, Vec<&Arc<Allocation>>>> = BTreeMap::new();
+    let mut canaries: Vec<&Arc<Allocation>> = Vec::new();
     for a in &all {
         // Stopped allocations are gone, except batch work that finished: it stays done.
         if a.desired_terminal() && !(batch && a.client_status == ALLOC_CLIENT_COMPLETE) {
+            continue;
+        }
+        if state.unpromoted_canary(a) {
+            if !a.terminal() {
+                canaries.push(a);
+            }
             continue;
         }
         let index = a.index().unwrap_or(u32::MAX);
@@ -256,6 +275,19 @@ pub fn reconcile(state: &State, job: Option<&Job>, eval: &Evaluation, now: i64) 
                         .push(((*a).clone(), ALLOC_DESIRED_STOP, DESC_GROUP_REMOVED.into()));
                 }
             }
+        }
+    }
+
+    out.rollout = plan_rollout(state, job, &by_group, &out.live, now);
+    let running = out
+        .rollout
+        .deployment
+        .as_ref()
+        .filter(|d| d.status == DEPLOYMENT_STATUS_RUNNING || d.status == DEPLOYMENT_STATUS_PAUSED);
+    for a in canaries {
+        if running.is_none_or(|d| d.id != a.deployment_id) {
+            out.stop
+                .push((a.clone(), ALLOC_DESIRED_STOP, DESC_CANARY_ENDED.into()));
         }
     }
 
@@ -334,6 +366,24 @@ pub fn reconcile(state: &State, job: Option<&Job>, eval: &Evaluation, now: i64) 
                 }
                 match version_change(a, job, group) {
                     Some(true) => {
+                        let replaced = allocs.into_iter().flatten().any(|b| {
+                            b.id != a.id && !b.terminal() && version_change(b, job, group).is_none()
+                        });
+                        if replaced {
+                            // A promoted canary of the new version holds this index now.
+                            out.stop.push((
+                                (*a).clone(),
+                                ALLOC_DESIRED_STOP,
+                                DESC_REPLACED_BY_CANARY.into(),
+                            ));
+                            continue;
+                        }
+                        if !out.rollout.take_update(&group.name) {
+                            // Not yet: max_parallel new instances are still becoming healthy,
+                            // or canaries wait for promotion.
+                            filled = true;
+                            continue;
+                        }
                         out.stop
                             .push(((*a).clone(), ALLOC_DESIRED_STOP, DESC_UPDATING.into()));
                         previous = Some(a);
@@ -353,14 +403,31 @@ pub fn reconcile(state: &State, job: Option<&Job>, eval: &Evaluation, now: i64) 
                     index,
                     previous: Some(failed.clone()),
                     reschedule: Some(tracker),
+                    canary: false,
                 },
                 None => Placement {
                     group: group.name.clone(),
                     index,
                     previous: previous.cloned(),
                     reschedule: None,
+                    canary: false,
                 },
             });
+        }
+        // Canaries of the new version, beside the first indexes without one.
+        if let Some(gr) = out.rollout.groups.get(&group.name) {
+            let free = (0..group.count.max(gr.canaries_to_place))
+                .filter(|i| !gr.canary_indexes.contains(i))
+                .take(gr.canaries_to_place as usize);
+            for index in free {
+                out.place.push(Placement {
+                    group: group.name.clone(),
+                    index,
+                    previous: None,
+                    reschedule: None,
+                    canary: true,
+                });
+            }
         }
         // Scale down: anything at an index beyond the count.
         if let Some(indexes) = indexes {
@@ -376,6 +443,43 @@ pub fn reconcile(state: &State, job: Option<&Job>, eval: &Evaluation, now: i64) 
     }
     out.followups = batch_followups(later);
     out
+}
+
+/// The rollout for `job`: how many of each group's running instances need replacing by a new
+/// version, and how many indexes are empty, decide whether a deployment is needed.
+fn plan_rollout(
+    state: &State,
+    job: &Job,
+    by_group: &BTreeMap<&str, BTreeMap<u32, Vec<&Arc<Allocation>>>>,
+    live: &[Arc<Allocation>],
+    now: i64,
+) -> Rollout {
+    let mut outdated: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut missing: BTreeMap<&str, u32> = BTreeMap::new();
+    for group in &job.task_groups {
+        let indexes = by_group.get(group.name.as_str());
+        let mut filled = 0u32;
+        for index in 0..group.count {
+            let running: Vec<&&Arc<Allocation>> = indexes
+                .and_then(|m| m.get(&index))
+                .into_iter()
+                .flatten()
+                .filter(|a| !a.terminal())
+                .collect();
+            if running.is_empty() {
+                continue;
+            }
+            filled += 1;
+            let current = running
+                .iter()
+                .any(|a| version_change(a, job, group).is_none());
+            if !current && running.iter().any(|a| version_change(a, job, group) == Some(true)) {
+                *outdated.entry(group.name.as_str()).or_default() += 1;
+            }
+        }
+        missing.insert(group.name.as_str(), group.count.saturating_sub(filled));
+    }
+    rollout::plan(state, job, live, &outdated, &missing, now)
 }
 
 /// Give follow-ups due within [`FOLLOWUP_BATCH_WINDOW`] of the first of a batch that first's

@@ -255,7 +255,7 @@ fn service_ops(state: &State, a: &Allocation, health: &[pb::ServiceHealth]) -> V
                 .unwrap_or_default(),
             job_id: a.job_id.clone(),
             alloc_id: a.id.clone(),
-            tags: svc.tags.clone(),
+            tags: crate::deployments::registration_tags(state, a, svc).to_vec(),
             address,
             port,
             status: if healthy {

@@ -18,7 +18,7 @@ pub enum CommitError {
 }
 
 /// Commit `plan` for `eval` in one transaction if it still holds: the new and stopped
-/// allocations, the catalog entries of stopped ones removed (so traffic leaves them before they
+/// allocations, the deployment it starts or cancels, the catalog entries of stopped ones removed (so traffic leaves them before they
 /// stop), the evaluation completed, and, if anything could not be placed, a blocked evaluation
 /// that waits for capacity.
 pub fn commit(store: &dyn Store, eval: &Evaluation, plan: &Plan) -> Result<(), CommitError> {
@@ -37,6 +37,19 @@ pub fn commit(store: &dyn Store, eval: &Evaluation, plan: &Plan) -> Result<(), C
         ops.push(Op::PutAlloc(a.clone()));
     }
     ops.extend(plan.place.iter().cloned().map(Op::PutAlloc));
+    if let Some(d) = &plan.deployment {
+        ops.push(Op::PutDeployment(d.clone()));
+    }
+    // Cancellations: the status change only, on the deployment as it is now.
+    for d in &plan.deployment_updates {
+        if let Some(current) = state.deployment(&d.id).filter(|c| c.active()) {
+            let mut c = (**current).clone();
+            c.status = d.status.clone();
+            c.status_description = d.status_description.clone();
+            c.modify_time = now;
+            ops.push(Op::PutDeployment(c));
+        }
+    }
 
     // Failed allocations to replace later: one delayed evaluation per distinct time, recorded
     // on the allocations so the next plan does not schedule another.

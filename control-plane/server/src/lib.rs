@@ -6,6 +6,8 @@
 //!   (optimistic concurrency); a stale plan sends the evaluation back to be planned again.
 //! - [`heartbeat`]: tracks node TTLs; a node that misses its TTL is marked down and its jobs
 //!   re-evaluated, so lost allocations are replaced.
+//! - [`deployments`]: the deployment watcher: allocation health, progress deadlines,
+//!   promotion, success (the version becomes stable), failure and auto-revert.
 //! - [`drain`]: finishes node drains once their allocations have moved.
 //! - [`periodic`]: launches periodic jobs' children on their cron schedule.
 //! - [`agent_service`]: the gRPC `AgentService` agents talk to (registration, heartbeats,
@@ -21,6 +23,7 @@ pub mod applier;
 pub mod broker;
 pub mod ca_service;
 mod convert;
+pub mod deployments;
 pub mod drain;
 pub mod heartbeat;
 pub mod periodic;
@@ -74,6 +77,7 @@ impl Core {
         ));
         tokio::spawn(broker::run(store.clone(), config.workers, shutdown.clone()));
         tokio::spawn(drain::run(store.clone(), shutdown.clone()));
+        tokio::spawn(deployments::run(store.clone(), shutdown.clone()));
         tokio::spawn(periodic::run(store.clone(), shutdown.clone()));
         tokio::spawn(ca_service::prune_roots(store.clone(), shutdown.clone()));
         tokio::spawn(heartbeats.clone().monitor(shutdown));

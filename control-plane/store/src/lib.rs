@@ -12,13 +12,15 @@
 //! [`MemStore`] for tests and benchmarks. Highly available setups will add an etcd-backed store
 //! behind the same trait.
 
+mod deployments;
 mod mem;
 mod redb_store;
 mod state;
 
+pub use deployments::FailedDeployment;
 pub use mem::MemStore;
 pub use redb_store::RedbStore;
-pub use state::{JobKey, Op, State};
+pub use state::{JOB_TRACKED_VERSIONS, JobKey, Op, State};
 
 /// Errors from the store. Messages name the file or record involved.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,10 @@ pub trait Store: Send + Sync + 'static {
     /// Apply `ops` atomically; returns the index they were committed at. When this returns
     /// `Ok`, the write is durable.
     fn apply(&self, ops: Vec<Op>) -> Result<u64, StoreError>;
+
+    /// Read-modify-write: compute `ops` from the latest state and apply them with no other
+    /// write in between. Returns the new index, or the current one when `f` returns no ops.
+    fn apply_with(&self, f: &mut dyn FnMut(&State) -> Vec<Op>) -> Result<u64, StoreError>;
 
     /// Watch the latest committed index.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;

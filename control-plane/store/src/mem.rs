@@ -33,6 +33,18 @@ impl MemStore {
     }
 }
 
+impl MemStore {
+    /// Apply `ops` on top of the current state; the caller holds the write lock.
+    fn commit(&self, ops: Vec<Op>) -> u64 {
+        let mut next = (*self.state.load_full()).clone();
+        let index = next.index + 1;
+        next.apply(ops, index);
+        self.state.store(Arc::new(next));
+        self.index_tx.send_replace(index);
+        index
+    }
+}
+
 impl Store for MemStore {
     fn snapshot(&self) -> Arc<State> {
         self.state.load_full()
@@ -40,12 +52,16 @@ impl Store for MemStore {
 
     fn apply(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = (*self.state.load_full()).clone();
-        let index = next.index + 1;
-        next.apply(ops, index);
-        self.state.store(Arc::new(next));
-        self.index_tx.send_replace(index);
-        Ok(index)
+        Ok(self.commit(ops))
+    }
+
+    fn apply_with(&self, f: &mut dyn FnMut(&State) -> Vec<Op>) -> Result<u64, StoreError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let ops = f(&self.state.load());
+        if ops.is_empty() {
+            return Ok(self.state.load().index);
+        }
+        Ok(self.commit(ops))
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {

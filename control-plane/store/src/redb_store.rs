@@ -15,6 +15,13 @@ const ALLOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocs");
 const EVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("evals");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const INTENTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("intentions");
+const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+/// Kept job versions, keyed `<job storage key>@<version, 20 digits>`.
+const JOB_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_versions");
+
+fn version_key(job: &JobKey, version: u64) -> String {
+    format!("{}@{version:020}", job.storage_key())
+}
 /// Singletons: the CA state and the mesh config.
 const MESH: TableDefinition<&str, &[u8]> = TableDefinition::new("mesh");
 const MESH_CA: &str = "ca";
@@ -53,7 +60,17 @@ impl RedbStore {
         // Make sure every table exists, so reads below never fail on a fresh file.
         {
             let txn = db.begin_write().map_err(backend)?;
-            for t in [JOBS, NODES, ALLOCS, EVALS, SERVICES, INTENTIONS, MESH] {
+            for t in [
+                JOBS,
+                NODES,
+                ALLOCS,
+                EVALS,
+                SERVICES,
+                INTENTIONS,
+                MESH,
+                DEPLOYMENTS,
+                JOB_VERSIONS,
+            ] {
                 txn.open_table(t).map_err(backend)?;
             }
             txn.open_table(META).map_err(backend)?;
@@ -90,7 +107,11 @@ impl RedbStore {
             }
             Ok(())
         }
+        each(&txn, JOB_VERSIONS, "job_versions", |j| state.load_job_version(j))?;
         each(&txn, JOBS, "jobs", |j| state.load(Op::PutJob(j)))?;
+        each(&txn, DEPLOYMENTS, "deployments", |d| {
+            state.load(Op::PutDeployment(d))
+        })?;
         each(&txn, NODES, "nodes", |n| state.load(Op::PutNode(n)))?;
         each(&txn, ALLOCS, "allocs", |a| state.load(Op::PutAlloc(a)))?;
         each(&txn, EVALS, "evals", |e| state.load(Op::PutEval(e)))?;
@@ -134,7 +155,29 @@ impl Store for RedbStore {
 
     fn apply(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = (*self.state.load_full()).clone();
+        self.commit(ops)
+    }
+
+    fn apply_with(&self, f: &mut dyn FnMut(&State) -> Vec<Op>) -> Result<u64, StoreError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let ops = f(&self.state.load());
+        if ops.is_empty() {
+            return Ok(self.state.load().index);
+        }
+        self.commit(ops)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.index_tx.subscribe()
+    }
+}
+
+impl RedbStore {
+    /// Persist `ops` on top of the current state, then publish it; the caller holds the write
+    /// lock.
+    fn commit(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+        let before = self.state.load_full();
+        let mut next = (*before).clone();
         let index = next.index + 1;
         // Stamp indexes in memory first (on a copy), then persist exactly what was stamped.
         let stored = next.apply(ops, index);
@@ -147,15 +190,39 @@ impl Store for RedbStore {
             let mut services = txn.open_table(SERVICES).map_err(backend)?;
             let mut intentions = txn.open_table(INTENTIONS).map_err(backend)?;
             let mut mesh = txn.open_table(MESH).map_err(backend)?;
+            let mut deployments = txn.open_table(DEPLOYMENTS).map_err(backend)?;
+            let mut versions = txn.open_table(JOB_VERSIONS).map_err(backend)?;
+            // Versions that were kept before and are not any more (pruned or purged).
+            let dropped_versions = |key: &JobKey| -> Vec<String> {
+                let kept_now = next.job_versions.get(key);
+                before
+                    .job_versions
+                    .get(key)
+                    .into_iter()
+                    .flat_map(|m| m.keys())
+                    .filter(|v| kept_now.is_none_or(|m| !m.contains_key(*v)))
+                    .map(|v| version_key(key, *v))
+                    .collect()
+            };
             for op in &stored {
                 match op {
                     Op::PutJob(j) => {
-                        let key = JobKey::of(j).storage_key();
-                        jobs.insert(key.as_str(), encode(j)?.as_slice())
+                        let key = JobKey::of(j);
+                        let bytes = encode(j)?;
+                        jobs.insert(key.storage_key().as_str(), bytes.as_slice())
                             .map_err(backend)?;
+                        versions
+                            .insert(version_key(&key, j.version).as_str(), bytes.as_slice())
+                            .map_err(backend)?;
+                        for old in dropped_versions(&key) {
+                            versions.remove(old.as_str()).map_err(backend)?;
+                        }
                     }
                     Op::DeleteJob(k) => {
                         jobs.remove(k.storage_key().as_str()).map_err(backend)?;
+                        for old in dropped_versions(k) {
+                            versions.remove(old.as_str()).map_err(backend)?;
+                        }
                     }
                     Op::PutNode(n) => {
                         nodes
@@ -201,6 +268,11 @@ impl Store for RedbStore {
                         mesh.insert(MESH_CONFIG, encode(cfg)?.as_slice())
                             .map_err(backend)?;
                     }
+                    Op::PutDeployment(d) => {
+                        deployments
+                            .insert(d.id.as_str(), encode(d)?.as_slice())
+                            .map_err(backend)?;
+                    }
                 }
             }
             let mut meta = txn.open_table(META).map_err(backend)?;
@@ -211,16 +283,61 @@ impl Store for RedbStore {
         self.index_tx.send_replace(index);
         Ok(index)
     }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.index_tx.subscribe()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use flotilla_types::*;
+
+    #[test]
+    fn job_versions_and_deployments_survive_reopen_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = |version: u64| {
+            let mut j = Job {
+                id: "web".into(),
+                version,
+                meta: [("v".to_string(), version.to_string())].into(),
+                ..Default::default()
+            };
+            j.canonicalize();
+            j
+        };
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            for v in 0..9 {
+                s.apply(vec![Op::PutJob(job(v))]).unwrap();
+            }
+            s.apply(vec![Op::PutDeployment(Deployment {
+                id: "d1".into(),
+                namespace: "default".into(),
+                job_id: "web".into(),
+                job_version: 8,
+                status: DEPLOYMENT_STATUS_RUNNING.into(),
+                ..Default::default()
+            })])
+            .unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        let snap = s.snapshot();
+        let kept: Vec<u64> = snap.job_versions("default", "web").map(|j| j.version).collect();
+        assert_eq!(kept, vec![8, 7, 6, 5, 4, 3]);
+        assert_eq!(
+            snap.job_version("default", "web", 5).unwrap().meta["v"],
+            "5"
+        );
+        assert!(snap.job_version("default", "web", 2).is_none());
+        let d = snap.deployment("d1").unwrap();
+        assert_eq!(d.job_version, 8);
+        assert!(d.create_index > 0);
+        assert_eq!(snap.latest_deployment("default", "web").unwrap().id, "d1");
+        // Purging the job forgets its versions, durably.
+        s.apply(vec![Op::DeleteJob(JobKey::new("default", "web"))])
+            .unwrap();
+        drop(s);
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.snapshot().job_versions("default", "web").count(), 0);
+    }
 
     #[test]
     fn survives_reopen() {

@@ -1,7 +1,8 @@
 use std::sync::Arc;
 
 use flotilla_types::{
-    Allocation, CaState, Evaluation, Intention, Job, MeshConfig, Node, ServiceRegistration,
+    Allocation, CaState, Deployment, Evaluation, Intention, Job, MeshConfig, Node,
+    ServiceRegistration,
 };
 use imbl::{OrdMap, OrdSet};
 
@@ -50,7 +51,12 @@ pub enum Op {
     /// Deletes the intention with this [`Intention::key`].
     DeleteIntention(String),
     PutMeshConfig(MeshConfig),
+    /// Creates or replaces a deployment.
+    PutDeployment(Deployment),
 }
+
+/// Versions of a job kept for `job history` and `job revert` (Nomad's `JobTrackedVersions`).
+pub const JOB_TRACKED_VERSIONS: usize = 6;
 
 /// The whole control-plane state at one index. Immutable; clone it freely.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +72,10 @@ pub struct State {
     /// Intentions by [`Intention::key`] (source, destination).
     pub intentions: OrdMap<String, Arc<Intention>>,
     pub mesh: MeshConfig,
+    /// Deployments by id.
+    pub deployments: OrdMap<String, Arc<Deployment>>,
+    /// The last [`JOB_TRACKED_VERSIONS`] versions of each job, by version.
+    pub job_versions: OrdMap<JobKey, OrdMap<u64, Arc<Job>>>,
     allocs_by_node: OrdMap<String, OrdSet<String>>,
     allocs_by_job: OrdMap<JobKey, OrdSet<String>>,
     services_by_alloc: OrdMap<String, OrdSet<String>>,
@@ -87,6 +97,48 @@ impl State {
 
     pub fn eval(&self, id: &str) -> Option<&Arc<Evaluation>> {
         self.evals.get(id)
+    }
+
+    /// A job's kept versions, newest first.
+    pub fn job_versions<'a>(
+        &'a self,
+        namespace: &str,
+        id: &str,
+    ) -> impl Iterator<Item = &'a Arc<Job>> {
+        self.job_versions
+            .get(&JobKey::new(namespace, id))
+            .into_iter()
+            .flat_map(|m| m.values().rev())
+    }
+
+    /// One kept version of a job.
+    pub fn job_version(&self, namespace: &str, id: &str, version: u64) -> Option<&Arc<Job>> {
+        self.job_versions
+            .get(&JobKey::new(namespace, id))?
+            .get(&version)
+    }
+
+    pub fn deployment(&self, id: &str) -> Option<&Arc<Deployment>> {
+        self.deployments.get(id)
+    }
+
+    /// A job's deployments, newest first.
+    pub fn deployments_by_job(&self, namespace: &str, job_id: &str) -> Vec<&Arc<Deployment>> {
+        let mut out: Vec<&Arc<Deployment>> = self
+            .deployments
+            .values()
+            .filter(|d| d.namespace == namespace && d.job_id == job_id)
+            .collect();
+        out.sort_by(|a, b| (b.create_index, &b.id).cmp(&(a.create_index, &a.id)));
+        out
+    }
+
+    /// The job's newest deployment.
+    pub fn latest_deployment(&self, namespace: &str, job_id: &str) -> Option<&Arc<Deployment>> {
+        self.deployments
+            .values()
+            .filter(|d| d.namespace == namespace && d.job_id == job_id)
+            .max_by(|a, b| (a.create_index, &a.id).cmp(&(b.create_index, &b.id)))
     }
 
     /// Allocations placed on a node, terminal ones included.
@@ -228,6 +280,24 @@ impl State {
             .collect()
     }
 
+    /// Load a kept job version read back from a durable store (the job itself is loaded with
+    /// [`State::load`]).
+    pub(crate) fn load_job_version(&mut self, job: Job) {
+        self.track_version(Arc::new(job));
+    }
+
+    /// Keep `job` among its job's versions, dropping the oldest beyond the limit.
+    fn track_version(&mut self, job: Arc<Job>) {
+        let versions = self.job_versions.entry(JobKey::of(&job)).or_default();
+        versions.insert(job.version, job);
+        while versions.len() > JOB_TRACKED_VERSIONS {
+            let oldest = versions.keys().next().copied();
+            if let Some(v) = oldest {
+                versions.remove(&v);
+            }
+        }
+    }
+
     /// Load one record read back from a durable store, keeping its indexes as stored.
     pub(crate) fn load(&mut self, op: Op) {
         self.apply_one(op, None);
@@ -252,11 +322,14 @@ impl State {
                 {
                     job.job_modify_index = index;
                 }
-                self.jobs.insert(key, Arc::new(job.clone()));
+                let job_arc = Arc::new(job.clone());
+                self.track_version(job_arc.clone());
+                self.jobs.insert(key, job_arc);
                 Op::PutJob(job)
             }
             Op::DeleteJob(key) => {
                 self.jobs.remove(&key);
+                self.job_versions.remove(&key);
                 Op::DeleteJob(key)
             }
             Op::PutNode(mut node) => {
@@ -361,6 +434,12 @@ impl State {
             Op::PutMeshConfig(mesh) => {
                 self.mesh = mesh;
                 Op::PutMeshConfig(mesh)
+            }
+            Op::PutDeployment(mut d) => {
+                let old = self.deployments.get(&d.id).map(|d| d.create_index);
+                stamp(&mut d.create_index, &mut d.modify_index, old, index);
+                self.deployments.insert(d.id.clone(), Arc::new(d.clone()));
+                Op::PutDeployment(d)
             }
         }
     }

@@ -44,6 +44,11 @@ pub struct Allocation {
     pub followup_eval_id: String,
     /// Server-side requests to the scheduler about this allocation (drain migrations).
     pub desired_transition: DesiredTransition,
+    /// The deployment that placed this allocation (empty when its group has no `update` block).
+    #[serde(rename = "DeploymentID")]
+    pub deployment_id: String,
+    /// Its health as the deployment watcher judged it, and whether it is a canary.
+    pub deployment_status: Option<AllocDeploymentStatus>,
     pub create_index: u64,
     pub modify_index: u64,
     /// Nanoseconds since the Unix epoch.
@@ -111,10 +116,33 @@ impl Allocation {
             })
     }
 
+    /// Placed as a canary of its deployment.
+    pub fn is_canary(&self) -> bool {
+        self.deployment_status.as_ref().is_some_and(|s| s.canary)
+    }
+
+    /// The deployment watcher's verdict: `Some(true)` healthy, `Some(false)` unhealthy, `None`
+    /// not yet decided.
+    pub fn deployment_health(&self) -> Option<bool> {
+        self.deployment_status.as_ref().and_then(|s| s.healthy)
+    }
+
     /// A short id (the first 8 characters), as Nomad's CLI prints.
     pub fn short_id(&self) -> &str {
         short_id(&self.id)
     }
+}
+
+/// Nomad's `AllocDeploymentStatus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocDeploymentStatus {
+    /// `None` until the deployment watcher decides.
+    pub healthy: Option<bool>,
+    /// When the verdict was reached (unix nanoseconds; 0 before).
+    pub timestamp: i64,
+    pub canary: bool,
+    pub modify_index: u64,
 }
 
 /// Past replacements of an allocation line (Nomad's `RescheduleTracker`).

@@ -39,6 +39,9 @@ pub struct Job {
     pub stop: bool,
     /// Bumped by the server on every change to the specification.
     pub version: u64,
+    /// Set once a deployment of this version completed successfully (`auto_revert` goes back
+    /// to the latest stable version).
+    pub stable: bool,
     pub submit_time: i64,
     pub create_index: u64,
     pub modify_index: u64,
@@ -126,6 +129,9 @@ pub struct TaskGroup {
     pub volumes: BTreeMap<String, crate::VolumeRequest>,
     pub ephemeral_disk: Option<crate::EphemeralDisk>,
     pub meta: BTreeMap<String, String>,
+    /// Nanoseconds between removing the group's services from every proxy's endpoints and
+    /// sending its tasks their kill signal (0: none).
+    pub shutdown_delay: i64,
 }
 
 impl TaskGroup {
@@ -225,6 +231,9 @@ pub struct Task {
     pub volume_mounts: Vec<crate::VolumeMount>,
     /// Where a dispatched job's payload is written in the task directory.
     pub dispatch_payload: Option<DispatchPayloadConfig>,
+    /// Nanoseconds between removing the task's services from every proxy's endpoints and
+    /// sending the kill signal (0: the group's, if any).
+    pub shutdown_delay: i64,
 }
 
 /// Nomad's `DispatchPayloadConfig`.
@@ -276,6 +285,8 @@ pub struct Service {
     /// The label of the port (from the group's network) this service is reached on.
     pub port_label: String,
     pub tags: Vec<String>,
+    /// The tags of a canary instance until its deployment is promoted (empty: `tags`).
+    pub canary_tags: Vec<String>,
     pub checks: Vec<ServiceCheck>,
     /// `nomad` (the built-in catalog) or `consul`; Flotilla's catalog serves both.
     pub provider: String,

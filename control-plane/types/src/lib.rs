@@ -10,6 +10,7 @@
 //! only, no I/O.
 
 mod alloc;
+mod deployment;
 mod eval;
 mod job;
 mod mesh;
@@ -18,6 +19,7 @@ mod policy;
 mod service;
 
 pub use alloc::*;
+pub use deployment::*;
 pub use eval::*;
 pub use job::*;
 pub use mesh::*;

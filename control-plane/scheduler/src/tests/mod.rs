@@ -2,6 +2,7 @@
 //! [`UsageIndex`], and the two must agree.
 
 mod constraints;
+mod deployments;
 mod lifecycle;
 mod ranking;
 mod system;
