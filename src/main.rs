@@ -19,8 +19,10 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run a one-process dev cluster, optionally with jobs.
     Dev(dev::DevArgs),
-    /// Submit, inspect and stop jobs.
+    /// Submit, inspect, stop and revert jobs.
     Job(JobArgs),
+    /// Inspect and control rollouts: promote canaries, pause, resume, fail.
+    Deployment(DeploymentArgs),
     /// Inspect allocations and read their logs.
     Alloc(AllocArgs),
     /// Inspect nodes.
@@ -48,6 +50,16 @@ struct DemoArgs {
     /// Allocation id to report.
     #[arg(long, env = "NOMAD_ALLOC_ID", default_value = "unknown")]
     alloc_id: String,
+    /// Application version: added to the hello answer (` version V`) and sent as the
+    /// `x-app-version` header of every response. Empty: none.
+    #[arg(long, env = "DEMO_APP_VERSION", default_value = "")]
+    app_version: String,
+    /// `GET /health` answers 503 until this long after start (e.g. `3s`), then 200.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    healthy_after: std::time::Duration,
+    /// `GET /health` always answers 500 (a broken release, for failed deployments).
+    #[arg(long)]
+    unhealthy: bool,
 }
 
 macro_rules! verb_args {
@@ -62,6 +74,7 @@ macro_rules! verb_args {
     };
 }
 verb_args!(JobArgs, flotilla_cli::JobCmd);
+verb_args!(DeploymentArgs, flotilla_cli::DeploymentCmd);
 verb_args!(AllocArgs, flotilla_cli::AllocCmd);
 verb_args!(NodeArgs, flotilla_cli::NodeCmd);
 verb_args!(ServiceArgs, flotilla_cli::ServiceCmd);
@@ -99,9 +112,13 @@ fn main() -> std::process::ExitCode {
             Command::DemoApp(a) => {
                 flotilla_demo_app::serve(
                     a.listen,
-                    flotilla_demo_app::Identity {
+                    flotilla_demo_app::Config {
                         alloc_id: a.alloc_id,
                         node: a.node,
+                        version: a.app_version,
+                        healthy_after: a.healthy_after,
+                        unhealthy: a.unhealthy,
+                        ..flotilla_demo_app::Config::default()
                     },
                 )
                 .await?;
@@ -109,6 +126,10 @@ fn main() -> std::process::ExitCode {
             }
             Command::Job(a) => {
                 flotilla_cli::run_job(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd).await
+            }
+            Command::Deployment(a) => {
+                flotilla_cli::run_deployment(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd)
+                    .await
             }
             Command::Alloc(a) => {
                 flotilla_cli::run_alloc(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd)

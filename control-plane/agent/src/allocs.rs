@@ -322,10 +322,11 @@ impl Manager {
         }
     }
 
-    /// Stops every allocation and waits until all tasks have ended.
+    /// Stops every allocation at once (no shutdown delays: the agent is going away) and waits
+    /// until all tasks have ended.
     pub async fn stop_all(&mut self) {
         for h in self.runners.values() {
-            h.stop();
+            h.stop_now();
         }
         for h in self.runners.values() {
             h.wait().await;

@@ -13,7 +13,9 @@
 //!   ([`allocs::recovery_plan`]) and has the drivers reap what nobody owns;
 //! - [`runner`]: one alloc runner per allocation: tasks in [`lifecycle`] order (prestart,
 //!   main, poststart, poststop; sidecars), the service [`checks`] (http, tcp, grpc) with
-//!   `check_restart`, the allocation's status, and its persisted [`state`];
+//!   `check_restart`, the allocation's status, and its persisted [`state`]; a stopped
+//!   allocation's tasks get their kill signal only after their `shutdown_delay` (the larger of
+//!   the group's and the task's), while the proxies drop them from their endpoints;
 //! - [`task`]: one task runner per task: directories and environment from [`env`](mod@env),
 //!   [`artifacts`] (local sources), [`template`]s, the dispatch payload, host volume mounts,
 //!   drivers from `flotilla-drivers` (start, or re-attach with `Driver::recover`), the
@@ -25,8 +27,8 @@
 //! Tasks outlive the agent, as in Nomad: on shutdown the runners let go of them (their state
 //! is in `<data_dir>/allocs/<id>/state.json`) and the next agent on the same data dir
 //! re-attaches. With [`AgentConfig::stop_tasks_on_shutdown`] every task is instead stopped
-//! gracefully (kill signal, kill timeout, SIGKILL to its process group). Either way final
-//! statuses are reported within a bounded time, and `run` returns.
+//! gracefully (kill signal, kill timeout, SIGKILL to its process group; no shutdown delay).
+//! Either way final statuses are reported within a bounded time, and `run` returns.
 
 #![forbid(unsafe_code)]
 

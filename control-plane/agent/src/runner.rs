@@ -9,6 +9,13 @@
 //!
 //! Stopping an allocation stops its tasks (main tasks, then sidecars, then runs the poststop
 //! tasks); detaching (agent shutdown without `stop_tasks_on_shutdown`) leaves them running.
+//!
+//! Stops are traffic-aware: when the allocation itself is stopped ([`AllocHandle::stop`]: the
+//! server stopped or evicted it and already removed its services from the catalog, so every
+//! proxy is dropping it from its endpoints) each running task keeps running for its
+//! [`shutdown_delay`] (counted from the stop) before it gets its kill signal, so requests
+//! already routed to it still find it. A stop for the agent's own shutdown
+//! ([`AllocHandle::stop_now`]) does not wait, and cuts a delay already running short.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,10 +54,25 @@ pub struct RunnerContext {
     pub host_volumes: BTreeMap<String, PathBuf>,
 }
 
+/// How an allocation was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// The allocation is stopped: its services have left the catalog. Each running task gets
+    /// its kill signal once its [`shutdown_delay`] has passed since `since`.
+    Drain { since: Instant },
+    /// Stop every task at once (the agent is shutting down).
+    Now,
+}
+
+/// A task's effective shutdown delay: the larger of its group's `shutdown_delay` and its own.
+pub fn shutdown_delay(alloc: &pb::Allocation, task: &pb::Task) -> Duration {
+    Duration::from_millis(alloc.shutdown_delay_ms.max(task.shutdown_delay_ms))
+}
+
 /// A running allocation.
 #[derive(Debug)]
 pub struct AllocHandle {
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<StopRequest>>,
     detach: watch::Sender<bool>,
     done: watch::Receiver<bool>,
     controls: BTreeMap<String, TaskControl>,
@@ -65,7 +87,7 @@ impl AllocHandle {
         alloc: pb::Allocation,
         restored: Option<SavedAlloc>,
     ) -> Self {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(None);
         let (detach_tx, detach_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
         let mut controls = BTreeMap::new();
@@ -95,9 +117,29 @@ impl AllocHandle {
         }
     }
 
-    /// Asks every task to stop (kill signal, kill timeout, then SIGKILL). Idempotent.
+    /// Stops the allocation: each task gets its kill signal (then kill timeout, then SIGKILL)
+    /// once its shutdown delay has passed. Idempotent; the delay counts from the first call.
     pub fn stop(&self) {
-        self.stop.send_replace(true);
+        self.stop.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(StopRequest::Drain {
+                    since: Instant::now(),
+                });
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Stops every task without waiting for shutdown delays (also those already running):
+    /// kill signal, kill timeout, then SIGKILL. Idempotent.
+    pub fn stop_now(&self) {
+        self.stop.send_if_modified(|current| {
+            let changed = *current != Some(StopRequest::Now);
+            *current = Some(StopRequest::Now);
+            changed
+        });
     }
 
     /// Lets go of the tasks without stopping them (the agent is shutting down and a later
@@ -130,7 +172,7 @@ impl AllocHandle {
 }
 
 struct Signals {
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<Option<StopRequest>>,
     detach: watch::Receiver<bool>,
     done: watch::Sender<bool>,
 }
@@ -213,6 +255,8 @@ async fn run_alloc(
 
     let (task_tx, mut task_rx) = mpsc::unbounded_channel::<TaskUpdate>();
     let (check_tx, mut check_rx) = mpsc::unbounded_channel::<CheckUpdate>();
+    // When the allocation's stop (with shutdown delays) was asked; None: kill at once.
+    let (drain_tx, drain_rx) = watch::channel::<Option<Instant>>(None);
 
     let mut slots: BTreeMap<String, TaskSlot> = BTreeMap::new();
     let mut tasks = JoinSet::new();
@@ -254,6 +298,8 @@ async fn run_alloc(
             stop: stop_rx,
             gate: gate_rx,
             commands,
+            shutdown_delay: shutdown_delay(&alloc, task),
+            drain: drain_rx.clone(),
         };
         tasks.spawn(runner.run());
     }
@@ -283,6 +329,8 @@ async fn run_alloc(
     drop(check_tx);
 
     let mut stopping = false;
+    // A stop at once was asked (or the handle is gone): nothing more to hear on `stop`.
+    let mut stop_settled = false;
     let mut detaching = false;
     // The handle was dropped without detaching: only `stop` matters then.
     let mut detach_gone = false;
@@ -299,11 +347,39 @@ async fn run_alloc(
                     *slot = Some(update.result);
                 }
             }
-            changed = signals.stop.changed(), if !stopping => {
-                // Err: the handle was dropped, which also means stop.
-                if changed.is_err() || *signals.stop.borrow() {
-                    stopping = true;
-                    tracing::info!(alloc_id = %alloc.id, "stopping allocation");
+            changed = signals.stop.changed(), if !stop_settled => {
+                // Err: the handle was dropped, which means stop at once.
+                let request = if changed.is_err() {
+                    Some(StopRequest::Now)
+                } else {
+                    *signals.stop.borrow()
+                };
+                match request {
+                    Some(StopRequest::Drain { since }) if !stopping => {
+                        stopping = true;
+                        drain_tx.send_replace(Some(since));
+                        let longest = alloc
+                            .tasks
+                            .iter()
+                            .map(|t| shutdown_delay(&alloc, t))
+                            .max()
+                            .unwrap_or_default();
+                        tracing::info!(
+                            alloc_id = %alloc.id,
+                            shutdown_delay = %human(longest),
+                            "stopping allocation; tasks get their kill signal after their shutdown delay"
+                        );
+                    }
+                    Some(StopRequest::Now) => {
+                        stop_settled = true;
+                        if drain_tx.send_replace(None).is_some() {
+                            tracing::info!(alloc_id = %alloc.id, "stopping allocation now; shutdown delays cut short");
+                        } else if !stopping {
+                            tracing::info!(alloc_id = %alloc.id, "stopping allocation");
+                        }
+                        stopping = true;
+                    }
+                    _ => {}
                 }
             }
             changed = signals.detach.changed(), if !detaching && !detach_gone => {
@@ -740,6 +816,24 @@ mod tests {
         assert!(!h[0].healthy, "a check that has not run yet is not passing");
         let h = service_health(&alloc, &lc, &dead, &[vec![pass], vec![]]);
         assert!(!h[0].healthy && !h[1].healthy, "{h:?}");
+    }
+
+    #[test]
+    fn shutdown_delay_is_the_larger_of_group_and_task() {
+        let mut alloc = pb::Allocation {
+            shutdown_delay_ms: 2_000,
+            ..Default::default()
+        };
+        let mut task = pb::Task {
+            shutdown_delay_ms: 500,
+            ..Default::default()
+        };
+        assert_eq!(shutdown_delay(&alloc, &task), Duration::from_secs(2));
+        task.shutdown_delay_ms = 3_000;
+        assert_eq!(shutdown_delay(&alloc, &task), Duration::from_secs(3));
+        alloc.shutdown_delay_ms = 0;
+        task.shutdown_delay_ms = 0;
+        assert_eq!(shutdown_delay(&alloc, &task), Duration::ZERO);
     }
 
     #[test]

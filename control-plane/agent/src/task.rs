@@ -4,7 +4,8 @@
 //! [`artifacts`](crate::artifacts), renders [`templates`](crate::template), writes the dispatch
 //! payload, starts the task through its driver (or re-attaches to it after an agent restart),
 //! waits for it, applies the [restart policy](crate::restart), obeys commands (restart, signal)
-//! and stops it gracefully on request. Every change of its state goes to the alloc runner as a
+//! and stops it gracefully on request — when the allocation itself is stopped, only after the
+//! task's shutdown delay. Every change of its state goes to the alloc runner as a
 //! [`TaskUpdate`], with the driver's [`RecoverState`] while the task runs.
 
 use std::collections::BTreeMap;
@@ -134,6 +135,16 @@ enum RunEnd {
     Restart { failure: bool },
 }
 
+/// How the wait for the shutdown delay ended.
+enum DelayEnd {
+    /// Time to send the kill signal (the delay passed, there was none, or it was cut short).
+    Kill,
+    /// The task ended by itself meanwhile.
+    Exited(ExitResult),
+    /// The agent is shutting down and leaves the task running.
+    Detach,
+}
+
 /// A failed preparation step: the event to record and whether trying again could help.
 struct SetupError {
     event: &'static str,
@@ -187,6 +198,10 @@ pub(crate) struct TaskRunner {
     pub stop: watch::Receiver<Option<StopCause>>,
     pub gate: watch::Receiver<bool>,
     pub commands: mpsc::UnboundedReceiver<TaskCommand>,
+    /// How long the task keeps running after its allocation is stopped.
+    pub shutdown_delay: Duration,
+    /// When the allocation's stop with shutdown delays was asked; `None`: kill at once.
+    pub drain: watch::Receiver<Option<Instant>>,
 }
 
 impl TaskRunner {
@@ -659,18 +674,28 @@ impl TaskRunner {
                     if let Some(cause) = &cause {
                         self.note_cause(cause);
                     }
+                    if cause == Some(StopCause::Requested) {
+                        match self.wait_shutdown_delay(handle).await {
+                            DelayEnd::Kill => {}
+                            DelayEnd::Exited(exit) => {
+                                self.recover = None;
+                                self.terminated(&exit);
+                                self.finish(false);
+                                return RunEnd::Stopped;
+                            }
+                            DelayEnd::Detach => {
+                                tracing::info!(alloc_id = %self.alloc.id, task = %self.task.name, handle = handle.id(), "leaving task running");
+                                return RunEnd::Detached;
+                            }
+                        }
+                    }
                     self.kill(handle, fixed).await;
                     self.finish(false);
                     return RunEnd::Stopped;
                 }
                 Some(cmd) = self.commands.recv() => match cmd {
                     TaskCommand::Signal { signal, reply } => {
-                        let result = handle.signal(signal).map_err(|e| e.to_string());
-                        if result.is_ok() {
-                            self.event("Signaling", format!("Task being sent signal {}", signal.as_str()));
-                            self.publish();
-                        }
-                        let _ = reply.send(result);
+                        let _ = reply.send(self.signal(handle, signal));
                     }
                     TaskCommand::Restart { reason, reply } => {
                         if let Some(reply) = reply {
@@ -694,6 +719,78 @@ impl TaskRunner {
                 },
             }
         }
+    }
+
+    /// The allocation is stopped and its services are leaving every proxy's endpoints: keeps
+    /// the task running until its shutdown delay has passed since the stop, so requests already
+    /// on their way still find it. Signals still reach the task; restarts are refused.
+    async fn wait_shutdown_delay(&mut self, handle: &dyn TaskHandle) -> DelayEnd {
+        let mut drain = self.drain.clone();
+        let Some(since) = *drain.borrow_and_update() else {
+            return DelayEnd::Kill;
+        };
+        let left = self.shutdown_delay.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            return DelayEnd::Kill;
+        }
+        tracing::info!(
+            alloc_id = %self.alloc.id,
+            task = %self.task.name,
+            shutdown_delay = %crate::runner::human(self.shutdown_delay),
+            remaining = %crate::runner::human(left),
+            "allocation stopped; waiting for the shutdown delay before sending the kill signal"
+        );
+        self.event(
+            "Waiting for shutdown delay",
+            format!(
+                "Waiting for shutdown_delay of {} before killing the task.",
+                crate::runner::human(self.shutdown_delay)
+            ),
+        );
+        self.publish();
+        let sleep = tokio::time::sleep(left);
+        tokio::pin!(sleep);
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                () = &mut sleep => return DelayEnd::Kill,
+                exit = handle.wait() => return DelayEnd::Exited(exit),
+                changed = drain.changed() => {
+                    if changed.is_err() || drain.borrow_and_update().is_none() {
+                        tracing::info!(alloc_id = %self.alloc.id, task = %self.task.name, "stopping now: shutdown delay cut short");
+                        return DelayEnd::Kill;
+                    }
+                }
+                changed = stop.changed() => {
+                    // Err: the alloc runner is gone; nobody waits for the delay any more.
+                    if changed.is_err() {
+                        return DelayEnd::Kill;
+                    }
+                    if *stop.borrow_and_update() == Some(StopCause::Detach) {
+                        return DelayEnd::Detach;
+                    }
+                }
+                Some(cmd) = self.commands.recv() => match cmd {
+                    TaskCommand::Signal { signal, reply } => {
+                        let _ = reply.send(self.signal(handle, signal));
+                    }
+                    cmd @ TaskCommand::Restart { .. } => reject(cmd, "Task is shutting down"),
+                },
+            }
+        }
+    }
+
+    /// Sends `signal` to the running task (the signal command), recording it.
+    fn signal(&mut self, handle: &dyn TaskHandle, signal: Signal) -> Result<(), String> {
+        let result = handle.signal(signal).map_err(|e| e.to_string());
+        if result.is_ok() {
+            self.event(
+                "Signaling",
+                format!("Task being sent signal {}", signal.as_str()),
+            );
+            self.publish();
+        }
+        result
     }
 
     /// Graceful stop: kill signal, kill timeout, then SIGKILL.

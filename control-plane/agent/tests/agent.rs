@@ -1498,3 +1498,140 @@ async fn logs_are_read_across_rotated_files() {
     assert!(body.contains("db"), "{body}");
     h.shutdown().await;
 }
+
+/// Nanoseconds since the Unix epoch, as `date +%s%N` prints them.
+fn unix_nanos() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128
+}
+
+/// An allocation whose task writes `ready` to `$NOMAD_ALLOC_DIR/ready` once it traps
+/// SIGTERM, and the time it got SIGTERM (`date +%s%N`) to `$NOMAD_ALLOC_DIR/term`.
+fn term_recorder(id: &str, group_delay_ms: u64, task_delay_ms: u64) -> pb::Allocation {
+    let script = "trap 'date +%s%N > \"$NOMAD_ALLOC_DIR/term.tmp\"; \
+                  mv \"$NOMAD_ALLOC_DIR/term.tmp\" \"$NOMAD_ALLOC_DIR/term\"; exit 0' TERM; \
+                  echo ready > \"$NOMAD_ALLOC_DIR/ready\"; sleep 1000 & wait";
+    let mut a = alloc(id, script, vec![], vec![]);
+    a.shutdown_delay_ms = group_delay_ms;
+    a.tasks[0].shutdown_delay_ms = task_delay_ms;
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_allocation_waits_its_shutdown_delay_before_the_kill_signal() {
+    let h = start(3_000).await;
+    // The group's delay, the task's, and none: the larger of group and task applies.
+    let group = "a1111111-2222-3333-4444-555555555555";
+    let task = "a2222222-2222-3333-4444-555555555555";
+    let none = "a3333333-2222-3333-4444-555555555555";
+    let allocs = vec![
+        term_recorder(group, 1_000, 200),
+        term_recorder(task, 300, 1_000),
+        term_recorder(none, 0, 0),
+    ];
+    h.push(2, allocs.clone());
+    for id in [group, task, none] {
+        h.wait_status("running", id, |s| s.client_status == "running")
+            .await;
+        h.wait_file(
+            "the SIGTERM trap",
+            &format!("allocs/{id}/alloc/ready"),
+            |t| t.contains("ready"),
+        )
+        .await;
+    }
+
+    // The server stops all three at once (their services already left the catalog).
+    let stopped: Vec<_> = allocs
+        .into_iter()
+        .map(|mut a| {
+            a.desired_status = "stop".into();
+            a
+        })
+        .collect();
+    let stop_sent = unix_nanos();
+    h.push(3, stopped);
+    let mut after = BTreeMap::new();
+    for id in [group, task, none] {
+        let text = h
+            .wait_file(
+                "the SIGTERM time",
+                &format!("allocs/{id}/alloc/term"),
+                |t| t.trim().parse::<i128>().is_ok(),
+            )
+            .await;
+        let term: i128 = text.trim().parse().unwrap();
+        after.insert(id, Duration::from_nanos((term - stop_sent).max(0) as u64));
+    }
+    let second = Duration::from_secs(1);
+    assert!(
+        after[group] >= second,
+        "the group's 1s delay: SIGTERM {:?} after the stop",
+        after[group]
+    );
+    assert!(
+        after[task] >= second,
+        "the task's 1s delay: SIGTERM {:?} after the stop",
+        after[task]
+    );
+    assert!(
+        after[none] < Duration::from_millis(900),
+        "no delay: SIGTERM at once, got it {:?} after the stop",
+        after[none]
+    );
+
+    let done = h
+        .wait_status("complete", group, |s| s.client_status == "complete")
+        .await;
+    let kinds: Vec<_> = done.task_states["server"]
+        .events
+        .iter()
+        .map(|e| e.r#type.as_str())
+        .collect();
+    assert!(
+        kinds.ends_with(&["Waiting for shutdown delay", "Killing", "Killed"]),
+        "{kinds:?}"
+    );
+    let done = h
+        .wait_status("complete", none, |s| s.client_status == "complete")
+        .await;
+    assert_eq!(
+        count_events(&done.task_states["server"], "Waiting for shutdown delay"),
+        0
+    );
+
+    // The agent's own shutdown (stop_tasks_on_shutdown) does not wait, even mid-delay.
+    let long = "a4444444-2222-3333-4444-555555555555";
+    h.push(4, vec![term_recorder(long, 60_000, 0)]);
+    h.wait_status("running", long, |s| s.client_status == "running")
+        .await;
+    h.wait_file(
+        "the SIGTERM trap",
+        &format!("allocs/{long}/alloc/ready"),
+        |t| t.contains("ready"),
+    )
+    .await;
+    let term_path = h.path(&format!("allocs/{long}/alloc/term"));
+    let mut stopped = term_recorder(long, 60_000, 0);
+    stopped.desired_status = "stop".into();
+    h.push(5, vec![stopped]);
+    h.wait_status("waiting for the shutdown delay", long, |s| {
+        count_events(&s.task_states["server"], "Waiting for shutdown delay") == 1
+    })
+    .await;
+    assert!(!term_path.exists(), "no SIGTERM during the delay");
+    let shutdown_at = Instant::now();
+    // Keep the data dir (the term file) past the agent.
+    let (_, _, _, _data_dir) = h.stop().await;
+    assert!(
+        shutdown_at.elapsed() < Duration::from_secs(10),
+        "the agent's shutdown cut the 60s delay short"
+    );
+    let term = std::fs::read_to_string(&term_path).unwrap_or_default();
+    assert!(
+        term.trim().parse::<i128>().is_ok(),
+        "SIGTERM sent: {term:?}"
+    );
+}

@@ -7,6 +7,7 @@ use flotilla_types::*;
 use serde::Deserialize;
 
 use crate::ApiState;
+use crate::diff::{JobDiff, job_diff};
 use crate::error::{ApiError, decode};
 use crate::reads::{BlockingQuery, block, with_index};
 
@@ -21,6 +22,28 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// Compute writes from the latest state and apply them with no other write in between, so a
+/// check and the write it guards see the same records (the server's deployment watcher and
+/// scheduler write concurrently). `f`'s error is returned and nothing is written.
+pub(crate) fn apply_checked<T>(
+    api: &ApiState,
+    mut f: impl FnMut(&flotilla_store::State) -> Result<(Vec<Op>, T), ApiError>,
+) -> Result<(u64, T), ApiError> {
+    let mut out = None;
+    let index = api.store.apply_with(&mut |state| match f(state) {
+        Ok((ops, t)) => {
+            out = Some(Ok(t));
+            ops
+        }
+        Err(e) => {
+            out = Some(Err(e));
+            Vec::new()
+        }
+    })?;
+    let t = out.unwrap_or_else(|| Err(ApiError::internal("the store did not run the update")))?;
+    Ok((index, t))
+}
+
 #[derive(Debug, Deserialize, Default)]
 pub struct NamespaceQuery {
     pub namespace: Option<String>,
@@ -29,7 +52,7 @@ pub struct NamespaceQuery {
     pub purge: Option<bool>,
 }
 
-fn ns(q: &NamespaceQuery) -> &str {
+pub(crate) fn ns(q: &NamespaceQuery) -> &str {
     q.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
 }
 
@@ -170,6 +193,7 @@ fn spec_of(job: &Job) -> Job {
     Job {
         status: String::new(),
         version: 0,
+        stable: false,
         submit_time: 0,
         create_index: 0,
         modify_index: 0,
@@ -199,14 +223,17 @@ fn register_job(
     match existing {
         Some(old) if !changed => {
             job.version = old.version;
+            job.stable = old.stable;
             job.job_modify_index = old.job_modify_index;
         }
         Some(old) => {
             job.version = old.version + 1;
+            job.stable = false;
             job.job_modify_index = 0; // stamped by the store
         }
         None => {
             job.version = 0;
+            job.stable = false;
             job.job_modify_index = 0;
         }
     }
@@ -245,11 +272,131 @@ pub async fn deregister(
         if !stopped.stop {
             stopped.stop = true;
             stopped.version += 1;
+            stopped.stable = false;
             stopped.job_modify_index = 0;
         }
         vec![Op::PutJob(stopped), Op::PutEval(eval)]
     };
     let index = api.store.apply(ops)?;
+    Ok(with_index(
+        index,
+        Json(JobRegisterResponse {
+            eval_id,
+            eval_create_index: index,
+            job_modify_index: index,
+            warnings: String::new(),
+            index,
+        }),
+    ))
+}
+
+/// `?diffs=true` on `GET /v1/job/:id/versions`.
+#[derive(Debug, Deserialize, Default)]
+pub struct VersionsQuery {
+    #[serde(default)]
+    pub diffs: bool,
+}
+
+/// [`JobVersionsResponse`] with Nomad's `Diffs`: `Diffs[i]` is what version `Versions[i]`
+/// changed from `Versions[i + 1]`, the one before it.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct VersionsResponse {
+    #[serde(flatten)]
+    versions: JobVersionsResponse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diffs: Option<Vec<JobDiff>>,
+}
+
+/// `GET /v1/job/:id/versions`: the kept versions of a job, newest first.
+pub async fn versions(
+    State(api): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<NamespaceQuery>,
+    Query(v): Query<VersionsQuery>,
+    Query(b): Query<BlockingQuery>,
+) -> Result<Response, ApiError> {
+    let state = block(&api, &b).await;
+    if state.job(ns(&q), &id).is_none() {
+        return Err(ApiError::not_found(format!("job \"{id}\" not found")));
+    }
+    let versions: Vec<Job> = state
+        .job_versions(ns(&q), &id)
+        .map(|j| (**j).clone())
+        .collect();
+    let diffs = v.diffs.then(|| {
+        versions
+            .windows(2)
+            .map(|w| job_diff(Some(&w[1]), &w[0]))
+            .collect()
+    });
+    Ok(with_index(
+        state.index,
+        Json(VersionsResponse {
+            versions: JobVersionsResponse {
+                versions,
+                index: state.index,
+            },
+            diffs,
+        }),
+    ))
+}
+
+/// `POST /v1/job/:id/revert`: register a kept version again, as the next version.
+pub async fn revert(
+    State(api): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<NamespaceQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: JobRevertRequest = decode(&body)?;
+    if !req.job_id.is_empty() && req.job_id != id {
+        return Err(ApiError::bad_request(format!(
+            "JobID: \"{}\" does not match the job ID in the path, \"{id}\"",
+            req.job_id
+        )));
+    }
+    let namespace = ns(&q);
+    let wanted = req.job_version;
+    let (index, eval_id) = apply_checked(&api, |state| {
+        let current = state
+            .job(namespace, &id)
+            .ok_or_else(|| ApiError::not_found(format!("job \"{id}\" not found")))?;
+        if wanted == current.version {
+            return Err(ApiError::bad_request(format!(
+                "JobVersion: job \"{id}\" is already at version {wanted}; choose an earlier version"
+            )));
+        }
+        if let Some(prior) = req.enforce_prior_version
+            && prior != current.version
+        {
+            return Err(ApiError::bad_request(format!(
+                "EnforcePriorVersion: job \"{id}\" is at version {}, not {prior}",
+                current.version
+            )));
+        }
+        let eval_id = new_id();
+        let ops = state
+            .revert_ops(
+                namespace,
+                &id,
+                wanted,
+                TRIGGER_JOB_REVERT,
+                now_nanos(),
+                eval_id.clone(),
+            )
+            .ok_or_else(|| {
+                let kept: Vec<String> = state
+                    .job_versions(namespace, &id)
+                    .map(|j| j.version.to_string())
+                    .collect();
+                ApiError::bad_request(format!(
+                    "JobVersion: job \"{id}\" has no version {wanted} (kept versions: {})",
+                    kept.join(", ")
+                ))
+            })?;
+        Ok((ops, eval_id))
+    })?;
     Ok(with_index(
         index,
         Json(JobRegisterResponse {

@@ -1,9 +1,10 @@
 //! Nomad-compatible v1 HTTP API.
 //!
 //! Paths and JSON shapes follow Nomad's, so existing Nomad clients and scripts work unchanged:
-//! jobs (`/v1/jobs`, `/v1/job/:id`, parse and validate), allocations, nodes, evaluations,
-//! services and `/v1/status/leader`; the mesh's CA roots, rotation and intentions in
-//! Consul's shapes (`/v1/connect/…`). Reads answer from a store snapshot and support Nomad's
+//! jobs (`/v1/jobs`, `/v1/job/:id`, parse and validate, versions and revert, plan with a
+//! field-level diff), deployments (`/v1/deployment…`: promote, pause, fail), allocations,
+//! nodes, evaluations, services and `/v1/status/leader`; the mesh's CA roots, rotation and
+//! intentions in Consul's shapes (`/v1/connect/…`). Reads answer from a store snapshot and support Nomad's
 //! blocking queries (`?index=N&wait=5m`, with the `X-Nomad-Index` header); writes are one store
 //! transaction each (a job and its evaluation together). Errors are plain text with a 4xx status
 //! and name the field or value at fault.
@@ -11,6 +12,8 @@
 //! Node-local reads (`/v1/client/fs/logs/…`) are forwarded to the agent of the allocation's node.
 
 mod allocs;
+mod deployments;
+mod diff;
 mod error;
 mod jobs;
 mod mesh;
@@ -61,6 +64,28 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/job/{id}/periodic/force",
             post(plan::periodic_force).put(plan::periodic_force),
+        )
+        .route("/v1/job/{id}/versions", get(jobs::versions))
+        .route("/v1/job/{id}/revert", post(jobs::revert).put(jobs::revert))
+        .route("/v1/job/{id}/deployments", get(deployments::by_job))
+        .route("/v1/job/{id}/deployment", get(deployments::latest))
+        .route("/v1/deployments", get(deployments::list))
+        .route("/v1/deployment/{id}", get(deployments::get))
+        .route(
+            "/v1/deployment/allocations/{id}",
+            get(deployments::allocations),
+        )
+        .route(
+            "/v1/deployment/promote/{id}",
+            post(deployments::promote).put(deployments::promote),
+        )
+        .route(
+            "/v1/deployment/pause/{id}",
+            post(deployments::pause).put(deployments::pause),
+        )
+        .route(
+            "/v1/deployment/fail/{id}",
+            post(deployments::fail).put(deployments::fail),
         )
         .route("/v1/job/{id}/allocations", get(reads::job_allocations))
         .route("/v1/job/{id}/evaluations", get(reads::job_evaluations))

@@ -1,6 +1,6 @@
 //! `job plan`, `job dispatch` and `job periodic force`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::Json;
@@ -11,48 +11,12 @@ use base64::Engine as _;
 use flotilla_store::{JobKey, Op};
 use flotilla_types::*;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::ApiState;
+use crate::diff::{DIFF_NONE, JobDiff, job_diff};
 use crate::error::{ApiError, decode};
 use crate::jobs::{canonical_valid, check_path_id, new_id, now_nanos};
 use crate::reads::with_index;
-
-/// One changed field (Nomad's `FieldDiff`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct FieldDiff {
-    /// `Added`, `Deleted` or `Edited`.
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    pub name: String,
-    pub old: String,
-    pub new: String,
-}
-
-/// Differences of one task group (Nomad's `TaskGroupDiff`, with fields flattened).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct GroupDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    pub name: String,
-    pub fields: Vec<FieldDiff>,
-    /// What the scheduler would do: `place`, `stop`, `destructive-update`, `ignore` → count.
-    pub updates: BTreeMap<String, u64>,
-}
-
-/// The job diff (Nomad's `JobDiff`, with fields flattened to dotted paths).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct JobDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub fields: Vec<FieldDiff>,
-    pub task_groups: Vec<GroupDiff>,
-}
 
 /// Nomad's `DesiredUpdates`.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -74,6 +38,75 @@ pub struct PlanAnnotations {
     pub desired_tg_updates: BTreeMap<String, DesiredUpdates>,
 }
 
+/// How one group's new version would roll out, from its `update` block.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct PlannedRollout {
+    /// `initial` (first placement: all at once, health tracked), `rolling`, `canary` or
+    /// `blue-green` (as many canaries as the count).
+    pub strategy: String,
+    pub max_parallel: u32,
+    pub canaries: u32,
+    pub auto_promote: bool,
+    pub auto_revert: bool,
+    /// For people, e.g. `rolling update, 2 at a time, auto-revert on failure`.
+    pub description: String,
+}
+
+pub const ROLLOUT_INITIAL: &str = "initial";
+pub const ROLLOUT_ROLLING: &str = "rolling";
+pub const ROLLOUT_CANARY: &str = "canary";
+pub const ROLLOUT_BLUE_GREEN: &str = "blue-green";
+
+/// What a deployment of `new` would do, given the group's registered version `old` (`None`
+/// when the group is new). `None` when the group does not roll out through deployments.
+pub fn planned_rollout(old: Option<&TaskGroup>, new: &TaskGroup) -> Option<PlannedRollout> {
+    let u = new.rolling_update()?;
+    let promotion = if u.auto_promote {
+        "promoted automatically once healthy"
+    } else {
+        "then `flotilla deployment promote`"
+    };
+    let (strategy, mut description) = match old {
+        // Nomad places a new group at once; canaries only guard updates.
+        None => (
+            ROLLOUT_INITIAL,
+            format!("all {} placed at once, health tracked", new.count),
+        ),
+        Some(_) if u.canary == 0 => (
+            ROLLOUT_ROLLING,
+            format!("rolling update, {} at a time", u.max_parallel),
+        ),
+        Some(_) if u.canary >= new.count => (
+            ROLLOUT_BLUE_GREEN,
+            format!(
+                "blue/green: {} canaries beside the old version, {promotion}",
+                u.canary
+            ),
+        ),
+        Some(_) => (
+            ROLLOUT_CANARY,
+            format!(
+                "{} canar{} first, {promotion}; then rolling update, {} at a time",
+                u.canary,
+                if u.canary == 1 { "y" } else { "ies" },
+                u.max_parallel
+            ),
+        ),
+    };
+    if u.auto_revert {
+        description.push_str(", auto-revert on failure");
+    }
+    Some(PlannedRollout {
+        strategy: strategy.to_string(),
+        max_parallel: u.max_parallel,
+        canaries: u.canary,
+        auto_promote: u.auto_promote,
+        auto_revert: u.auto_revert,
+        description,
+    })
+}
+
 /// Answer of `POST /v1/job/:id/plan` (Nomad's `JobPlanResponse`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -84,6 +117,9 @@ pub struct PlanResponse {
     pub job_modify_index: u64,
     /// Present when the request asked for it (`"Diff": true`).
     pub diff: Option<JobDiff>,
+    /// Per group, how the deployment this registration starts would roll out (empty when
+    /// nothing changes or no group has an `update` block).
+    pub deployment: BTreeMap<String, PlannedRollout>,
     pub warnings: String,
 }
 
@@ -95,158 +131,51 @@ pub struct PlanRequest {
     pub diff: bool,
 }
 
-/// Flatten a JSON value into `path → scalar` pairs. Lists of named objects are keyed by name
-/// (`Tasks[server]`) so reordering is not a change.
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&p, v, out);
-            }
-        }
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                let key = item
-                    .get("Name")
-                    .or_else(|| item.get("Label"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| i.to_string());
-                flatten(&format!("{prefix}[{key}]"), item, out);
-            }
-        }
-        Value::Null => {}
-        Value::String(s) => {
-            out.insert(prefix.to_string(), s.clone());
-        }
-        other => {
-            out.insert(prefix.to_string(), other.to_string());
-        }
+/// Count what the dry-run `plan` does to each group of `job`.
+fn desired_updates(
+    state: &flotilla_store::State,
+    job: &Job,
+    plan: &flotilla_scheduler::Plan,
+) -> BTreeMap<String, DesiredUpdates> {
+    let mut desired: BTreeMap<String, DesiredUpdates> = BTreeMap::new();
+    for g in &job.task_groups {
+        desired.entry(g.name.clone()).or_default();
     }
-}
-
-/// Fields that are bookkeeping, not specification.
-const IGNORED: &[&str] = &[
-    "Status",
-    "Version",
-    "SubmitTime",
-    "CreateIndex",
-    "ModifyIndex",
-    "JobModifyIndex",
-    "Stop",
-];
-
-fn spec_fields(job: Option<&Job>) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    if let Some(job) = job {
-        let mut v = serde_json::to_value(job).unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut v {
-            for k in IGNORED {
-                m.remove(*k);
-            }
-        }
-        flatten("", &v, &mut out);
-    }
-    out
-}
-
-fn diff_maps(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<FieldDiff> {
-    let mut out = Vec::new();
-    for (k, o) in old {
-        match new.get(k) {
-            None => out.push(FieldDiff {
-                diff_type: "Deleted".into(),
-                name: k.clone(),
-                old: o.clone(),
-                new: String::new(),
-            }),
-            Some(n) if n != o => out.push(FieldDiff {
-                diff_type: "Edited".into(),
-                name: k.clone(),
-                old: o.clone(),
-                new: n.clone(),
-            }),
-            _ => {}
-        }
-    }
-    for (k, n) in new {
-        if !old.contains_key(k) {
-            out.push(FieldDiff {
-                diff_type: "Added".into(),
-                name: k.clone(),
-                old: String::new(),
-                new: n.clone(),
-            });
-        }
-    }
-    out
-}
-
-fn kind(fields: &[FieldDiff], old_exists: bool, new_exists: bool) -> String {
-    match (old_exists, new_exists) {
-        (false, true) => "Added",
-        (true, false) => "Deleted",
-        _ if fields.is_empty() => "None",
-        _ => "Edited",
-    }
-    .to_string()
-}
-
-/// Diff of two versions of a job, split into job-level fields and per-group fields.
-pub fn job_diff(old: Option<&Job>, new: &Job) -> JobDiff {
-    let all = diff_maps(&spec_fields(old), &spec_fields(Some(new)));
-    let mut groups: BTreeMap<String, Vec<FieldDiff>> = BTreeMap::new();
-    let mut fields = Vec::new();
-    for f in all {
-        match f
-            .name
-            .strip_prefix("TaskGroups[")
-            .and_then(|r| r.split_once(']'))
-        {
-            Some((g, rest)) => groups.entry(g.to_string()).or_default().push(FieldDiff {
-                name: rest.trim_start_matches('.').to_string(),
-                ..f
-            }),
-            None => fields.push(f),
-        }
-    }
-    let names: std::collections::BTreeSet<String> = old
-        .into_iter()
-        .flat_map(|j| j.task_groups.iter().map(|g| g.name.clone()))
-        .chain(new.task_groups.iter().map(|g| g.name.clone()))
-        .collect();
-    let task_groups: Vec<GroupDiff> = names
-        .into_iter()
-        .map(|name| {
-            let f = groups.remove(&name).unwrap_or_default();
-            let old_exists = old.is_some_and(|j| j.group(&name).is_some());
-            let new_exists = new.group(&name).is_some();
-            GroupDiff {
-                diff_type: kind(&f, old_exists, new_exists),
-                name,
-                fields: f,
-                updates: BTreeMap::new(),
-            }
-        })
-        .collect();
-    let changed = !fields.is_empty() || task_groups.iter().any(|g| g.diff_type != "None");
-    JobDiff {
-        diff_type: if old.is_none() {
-            "Added".into()
-        } else if changed {
-            "Edited".into()
+    for a in &plan.place {
+        let d = desired.entry(a.task_group.clone()).or_default();
+        if a.is_canary() {
+            d.canary += 1
+        } else if a.previous_allocation.is_empty() {
+            d.place += 1
         } else {
-            "None".into()
-        },
-        id: new.id.clone(),
-        fields,
-        task_groups,
+            d.destructive_update += 1
+        }
     }
+    for a in &plan.updates {
+        desired
+            .entry(a.task_group.clone())
+            .or_default()
+            .in_place_update += 1;
+    }
+    let replaced: BTreeSet<&str> = plan
+        .place
+        .iter()
+        .map(|a| a.previous_allocation.as_str())
+        .collect();
+    for a in &plan.stop {
+        if !replaced.contains(a.id.as_str()) {
+            desired.entry(a.task_group.clone()).or_default().stop += 1;
+        }
+    }
+    for g in &job.task_groups {
+        let live = state
+            .allocs_by_job(&job.namespace, &job.id)
+            .filter(|a| a.task_group == g.name && !a.terminal())
+            .count() as u64;
+        let d = desired.entry(g.name.clone()).or_default();
+        d.ignore = live.saturating_sub(d.destructive_update + d.stop + d.in_place_update);
+    }
+    desired
 }
 
 /// `POST /v1/job/:id/plan`: what registering this job would change, without changing anything.
@@ -263,14 +192,15 @@ pub async fn plan(
     let snapshot = api.store.snapshot();
     let existing = snapshot.job(&job.namespace, &job.id).cloned();
     let mut diff = job_diff(existing.as_deref(), &job);
+    let changed = diff.diff_type != DIFF_NONE || existing.as_ref().is_some_and(|j| j.stop);
 
     // Dry run: the real scheduler against a copy of the state holding the new version.
     let mut state = (*snapshot).clone();
     job.version = existing.as_ref().map_or(0, |j| j.version + 1);
-    job.job_modify_index = if diff.diff_type == "None" {
-        existing.as_ref().map_or(u64::MAX, |j| j.job_modify_index)
-    } else {
+    job.job_modify_index = if changed {
         u64::MAX
+    } else {
+        existing.as_ref().map_or(u64::MAX, |j| j.job_modify_index)
     };
     state.jobs.insert(JobKey::of(&job), Arc::new(job.clone()));
     let now = now_nanos();
@@ -279,42 +209,16 @@ pub async fn plan(
     let mut env = flotilla_scheduler::Env::new(now, &mut ids, 1);
     let plan = flotilla_scheduler::schedule(&state, &eval, &mut env);
 
-    let mut desired: BTreeMap<String, DesiredUpdates> = BTreeMap::new();
-    for g in &job.task_groups {
-        desired.entry(g.name.clone()).or_default();
-    }
-    for a in &plan.place {
-        let d = desired.entry(a.task_group.clone()).or_default();
-        if a.previous_allocation.is_empty() {
-            d.place += 1
-        } else {
-            d.destructive_update += 1
-        }
-    }
-    let replaced: std::collections::BTreeSet<&str> = plan
-        .place
-        .iter()
-        .map(|a| a.previous_allocation.as_str())
-        .collect();
-    for a in &plan.stop {
-        if !replaced.contains(a.id.as_str()) {
-            desired.entry(a.task_group.clone()).or_default().stop += 1;
-        }
-    }
-    for g in &job.task_groups {
-        let live = state
-            .allocs_by_job(&job.namespace, &job.id)
-            .filter(|a| a.task_group == g.name && !a.terminal())
-            .count() as u64;
-        let d = desired.entry(g.name.clone()).or_default();
-        d.ignore = live.saturating_sub(d.destructive_update + d.stop);
-    }
+    let desired = desired_updates(&state, &job, &plan);
     for gd in &mut diff.task_groups {
         if let Some(d) = desired.get(&gd.name) {
+            // Nomad's words for each kind of update.
             for (k, v) in [
-                ("place", d.place),
-                ("stop", d.stop),
-                ("destructive-update", d.destructive_update),
+                ("create", d.place),
+                ("destroy", d.stop),
+                ("create/destroy update", d.destructive_update),
+                ("in-place update", d.in_place_update),
+                ("canary", d.canary),
                 ("ignore", d.ignore),
             ] {
                 if v > 0 {
@@ -323,6 +227,17 @@ pub async fn plan(
             }
         }
     }
+    let deployment = if changed && job.job_type == JOB_TYPE_SERVICE {
+        job.task_groups
+            .iter()
+            .filter_map(|g| {
+                let old = existing.as_ref().and_then(|j| j.group(&g.name));
+                Some((g.name.clone(), planned_rollout(old, g)?))
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     Ok(with_index(
         snapshot.index,
         Json(PlanResponse {
@@ -332,6 +247,7 @@ pub async fn plan(
             failed_tg_allocs: plan.failed_tg_allocs,
             job_modify_index: existing.map_or(0, |j| j.job_modify_index),
             diff: req_diff.then_some(diff),
+            deployment,
             warnings: String::new(),
         }),
     ))
@@ -469,36 +385,67 @@ pub async fn periodic_force(
 mod tests {
     use super::*;
 
-    #[test]
-    fn diff_names_changed_fields_per_group() {
-        let mut old = Job {
-            id: "j".into(),
-            ..Default::default()
-        };
-        old.task_groups.push(TaskGroup {
+    fn group(count: u32, update: Option<UpdateStrategy>) -> TaskGroup {
+        TaskGroup {
             name: "web".into(),
-            count: 1,
+            count,
+            update,
             ..Default::default()
-        });
-        old.canonicalize();
-        let mut new = old.clone();
-        new.task_groups[0].count = 3;
-        new.priority = 70;
-        let d = job_diff(Some(&old), &new);
-        assert_eq!(d.diff_type, "Edited");
-        assert!(
-            d.fields
-                .iter()
-                .any(|f| f.name == "Priority" && f.old == "50" && f.new == "70")
+        }
+    }
+
+    fn update(max_parallel: u32, canary: u32, auto_promote: bool) -> Option<UpdateStrategy> {
+        Some(UpdateStrategy {
+            max_parallel,
+            canary,
+            auto_promote,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn rollout_per_update_block() {
+        let old = group(3, None);
+        let strategy = |new: &TaskGroup, old: Option<&TaskGroup>| {
+            planned_rollout(old, new).map(|r| (r.strategy, r.description))
+        };
+        assert_eq!(strategy(&group(3, None), Some(&old)), None);
+        // max_parallel = 0 is no rolling update (Nomad).
+        assert_eq!(strategy(&group(3, update(0, 1, false)), Some(&old)), None);
+        assert_eq!(
+            strategy(&group(3, update(2, 0, false)), Some(&old)),
+            Some((
+                ROLLOUT_ROLLING.to_string(),
+                "rolling update, 2 at a time".to_string()
+            ))
         );
-        let g = &d.task_groups[0];
-        assert_eq!(g.diff_type, "Edited");
-        assert!(
-            g.fields.iter().any(|f| f.name == "Count" && f.new == "3"),
-            "{:?}",
-            g.fields
+        assert_eq!(
+            strategy(&group(3, update(1, 1, false)), Some(&old)),
+            Some((
+                ROLLOUT_CANARY.to_string(),
+                "1 canary first, then `flotilla deployment promote`; then rolling update, 1 at a time"
+                    .to_string()
+            ))
         );
-        assert_eq!(job_diff(Some(&old), &old).diff_type, "None");
-        assert_eq!(job_diff(None, &old).diff_type, "Added");
+        assert_eq!(
+            strategy(&group(3, update(3, 3, true)), Some(&old)),
+            Some((
+                ROLLOUT_BLUE_GREEN.to_string(),
+                "blue/green: 3 canaries beside the old version, promoted automatically once healthy"
+                    .to_string()
+            ))
+        );
+        assert_eq!(
+            strategy(&group(3, update(1, 1, false)), None).map(|s| s.0),
+            Some(ROLLOUT_INITIAL.to_string())
+        );
+        let mut reverting = update(1, 0, false);
+        if let Some(u) = reverting.as_mut() {
+            u.auto_revert = true;
+        }
+        assert!(
+            planned_rollout(Some(&old), &group(3, reverting))
+                .is_some_and(|r| r.auto_revert && r.description.ends_with("auto-revert on failure"))
+        );
     }
 }

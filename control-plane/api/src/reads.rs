@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::ApiState;
 use crate::error::ApiError;
-use crate::jobs::NamespaceQuery;
+use crate::jobs::{NamespaceQuery, ns};
 
 /// Nomad's blocking-query parameters.
 #[derive(Debug, Deserialize, Default)]
@@ -49,7 +49,9 @@ pub fn with_index(index: u64, body: impl IntoResponse) -> Response {
     r
 }
 
-fn alloc_stubs<'a>(allocs: impl Iterator<Item = &'a Arc<Allocation>>) -> Vec<AllocListStub> {
+pub(crate) fn alloc_stubs<'a>(
+    allocs: impl Iterator<Item = &'a Arc<Allocation>>,
+) -> Vec<AllocListStub> {
     let mut out: Vec<AllocListStub> = allocs.map(|a| AllocListStub::from(&**a)).collect();
     out.sort_by(|a, b| {
         b.create_index
@@ -57,10 +59,6 @@ fn alloc_stubs<'a>(allocs: impl Iterator<Item = &'a Arc<Allocation>>) -> Vec<All
             .then(a.name.cmp(&b.name))
     });
     out
-}
-
-fn namespace(q: &NamespaceQuery) -> &str {
-    q.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
 }
 
 /// Find one record by exact id, or by a unique prefix as Nomad's CLI allows.
@@ -91,12 +89,12 @@ pub async fn job_allocations(
     Query(b): Query<BlockingQuery>,
 ) -> Result<Response, ApiError> {
     let state = block(&api, &b).await;
-    if state.job(namespace(&q), &id).is_none() {
+    if state.job(ns(&q), &id).is_none() {
         return Err(ApiError::not_found(format!("job \"{id}\" not found")));
     }
     Ok(with_index(
         state.index,
-        Json(alloc_stubs(state.allocs_by_job(namespace(&q), &id))),
+        Json(alloc_stubs(state.allocs_by_job(ns(&q), &id))),
     ))
 }
 
@@ -107,11 +105,11 @@ pub async fn job_evaluations(
     Query(b): Query<BlockingQuery>,
 ) -> Result<Response, ApiError> {
     let state = block(&api, &b).await;
-    let ns = namespace(&q).to_string();
+    let namespace = ns(&q);
     let mut evals: Vec<Evaluation> = state
         .evals
         .values()
-        .filter(|e| e.job_id == id && e.namespace == ns)
+        .filter(|e| e.job_id == id && e.namespace == namespace)
         .map(|e| (**e).clone())
         .collect();
     evals.sort_by_key(|e| std::cmp::Reverse(e.create_index));

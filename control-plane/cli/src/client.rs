@@ -65,16 +65,27 @@ impl Client {
         anyhow!("cannot reach the API at {}: {e}", self.base)
     }
 
-    /// GET a JSON document; with `index`, a blocking query that returns when the state passes it.
-    /// Returns the body and the `X-Nomad-Index`.
+    /// GET a JSON document; with `index`, a blocking query that returns when the state passes it
+    /// (or after 30 s). Returns the body and the `X-Nomad-Index`.
     pub async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         index: Option<u64>,
     ) -> anyhow::Result<(T, u64)> {
+        self.get_wait(path, index, Duration::from_secs(30)).await
+    }
+
+    /// [`Client::get`] with the longest a blocking query may wait.
+    pub async fn get_wait<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> anyhow::Result<(T, u64)> {
         let mut req = self.http.get(self.url(path));
         if let Some(i) = index {
-            req = req.query(&[("index", i.to_string()), ("wait", "30s".to_string())]);
+            let wait = format!("{}ms", wait.as_millis().max(1));
+            req = req.query(&[("index", i.to_string()), ("wait", wait)]);
         }
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let resp = self.check(path, resp).await?;

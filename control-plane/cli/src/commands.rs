@@ -6,6 +6,7 @@ use flotilla_types::*;
 use futures::StreamExt;
 
 use crate::client::{Client, seg};
+use crate::diff::{self, JobDiff};
 use crate::monitor;
 use crate::table;
 
@@ -63,6 +64,32 @@ pub enum JobCmd {
     },
     /// Print the job as the server stores it (JSON).
     Inspect { id: String },
+    /// Show a job's kept versions: Version, Stable, Submit Date; with -p, what each version
+    /// changed from the one before it.
+    History {
+        /// The job ID.
+        id: String,
+        /// Show the diff between each version and the previous one.
+        #[arg(short = 'p')]
+        diffs: bool,
+        /// Print the versions (and diffs) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a kept version of a job again (as its next version), then follow it like
+    /// `job run`: the evaluation, then the deployment or the allocations.
+    Revert {
+        /// The job ID.
+        id: String,
+        /// The version to go back to (see `job history`).
+        version: u64,
+        /// Return as soon as the revert is submitted.
+        #[arg(long)]
+        detach: bool,
+        /// Give up monitoring after this long (the job keeps going).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Run an instance of a parameterized job.
     Dispatch {
         id: String,
@@ -200,7 +227,7 @@ pub enum ServiceCmd {
     },
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -331,6 +358,32 @@ pub async fn run_job(client: &Client, cmd: JobCmd) -> anyhow::Result<i32> {
                 Ok(255)
             }
         },
+        JobCmd::History { id, diffs, json } => history(client, &id, diffs, json).await,
+        JobCmd::Revert {
+            id,
+            version,
+            detach,
+            timeout,
+        } => {
+            let (job, _): (Job, _) = client.get(&format!("/v1/job/{}", seg(&id)), None).await?;
+            let body = JobRevertRequest {
+                job_id: id.clone(),
+                job_version: version,
+                enforce_prior_version: Some(job.version),
+            };
+            let resp: JobRegisterResponse = client
+                .post(&format!("/v1/job/{}/revert", seg(&id)), &body)
+                .await?;
+            println!(
+                "Job {id:?} reverted to version {version} (now version {})",
+                job.version + 1
+            );
+            if detach {
+                println!("Evaluation ID: {}", resp.eval_id);
+                return Ok(0);
+            }
+            monitor::run(client, &job.namespace, &id, &resp.eval_id, timeout).await
+        }
         JobCmd::Inspect { id } => {
             let (job, _): (serde_json::Value, _) =
                 client.get(&format!("/v1/job/{}", seg(&id)), None).await?;
@@ -988,41 +1041,24 @@ async fn plan(
     if json {
         print_json(&resp)?;
     }
-    let diff = &resp["Diff"];
-    let changed = diff["Type"].as_str().is_some_and(|t| t != "None");
+    let diff: JobDiff =
+        serde_json::from_value(resp["Diff"].clone()).context("decoding the plan's Diff")?;
     if !json {
-        let mark = |t: &str| match t {
-            "Added" => "+",
-            "Deleted" => "-",
-            "Edited" => "+/-",
-            _ => "",
-        };
-        println!(
-            "{} Job: {:?}",
-            mark(diff["Type"].as_str().unwrap_or("")),
-            job.id
-        );
-        for f in diff["Fields"].as_array().into_iter().flatten() {
-            print_field(f, "");
-        }
-        for g in diff["TaskGroups"].as_array().into_iter().flatten() {
-            let updates: Vec<String> = g["Updates"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{v} {k}"))
-                .collect();
-            println!(
-                "{} Task Group: {:?} ({})",
-                mark(g["Type"].as_str().unwrap_or("")),
-                g["Name"].as_str().unwrap_or(""),
-                updates.join(", ")
-            );
-            for f in g["Fields"].as_array().into_iter().flatten() {
-                print_field(f, "  ");
+        println!("{}", diff::render(&diff));
+        let rollouts: Vec<(&String, &str)> = resp["Deployment"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(g, r)| (g, r["Description"].as_str().unwrap_or_default()))
+            .collect();
+        if !rollouts.is_empty() {
+            println!("Deployment:");
+            for (group, description) in rollouts {
+                println!("- Task Group {group:?}: {description}");
             }
+            println!();
         }
-        println!("\nScheduler dry-run:");
+        println!("Scheduler dry-run:");
         let failed = resp["FailedTGAllocs"].as_object().filter(|m| !m.is_empty());
         match failed {
             None => println!("- All tasks successfully allocated."),
@@ -1039,20 +1075,64 @@ async fn plan(
         }
         println!("\nJob Modify Index: {}", resp["JobModifyIndex"]);
     }
-    Ok(if changed { 1 } else { 0 })
+    Ok(if diff.changed() { 1 } else { 0 })
 }
 
-fn print_field(f: &serde_json::Value, indent: &str) {
-    let name = f["Name"].as_str().unwrap_or("");
-    let (old, new) = (
-        f["Old"].as_str().unwrap_or(""),
-        f["New"].as_str().unwrap_or(""),
-    );
-    match f["Type"].as_str().unwrap_or("") {
-        "Added" => println!("{indent}  + {name}: {new:?}"),
-        "Deleted" => println!("{indent}  - {name}: {old:?}"),
-        _ => println!("{indent}  +/- {name}: {old:?} => {new:?}"),
+/// Nomad's `JobVersionsResponse` with its `Diffs` (asked for with `?diffs=true`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Versions {
+    versions: Vec<Job>,
+    /// `Diffs[i]` is what `Versions[i]` changed from `Versions[i + 1]`.
+    #[serde(default)]
+    diffs: Vec<JobDiff>,
+}
+
+/// `job history`: a table of the kept versions, or with `-p` one block per version with what
+/// it changed from the previous one.
+async fn history(client: &Client, id: &str, diffs: bool, json: bool) -> anyhow::Result<i32> {
+    let path = format!("/v1/job/{}/versions?diffs={diffs}", seg(id));
+    let (resp, _): (serde_json::Value, _) = client.get(&path, None).await?;
+    if json {
+        return print_json(&resp).map(|_| 0);
     }
+    let Versions {
+        versions,
+        diffs: changes,
+    } = serde_json::from_value(resp).with_context(|| format!("decoding the answer of {path}"))?;
+    if !diffs {
+        let rows: Vec<Vec<String>> = versions
+            .iter()
+            .map(|j| {
+                vec![
+                    j.version.to_string(),
+                    j.stable.to_string(),
+                    table::timestamp(j.submit_time),
+                ]
+            })
+            .collect();
+        table::print(&["Version", "Stable", "Submit Date"], &rows);
+        return Ok(0);
+    }
+    for (i, j) in versions.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let mut kv = vec![
+            ("Version", j.version.to_string()),
+            ("Stable", j.stable.to_string()),
+            ("Submit Date", table::timestamp(j.submit_time)),
+        ];
+        let diff = changes.get(i);
+        if diff.is_some() {
+            kv.push(("Diff", String::new()));
+        }
+        table::print_kv(&kv);
+        if let Some(d) = diff {
+            print!("{}", diff::render(d));
+        }
+    }
+    Ok(0)
 }
 
 pub async fn run_service(client: &Client, cmd: ServiceCmd) -> anyhow::Result<i32> {

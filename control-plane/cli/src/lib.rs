@@ -1,12 +1,19 @@
-//! The operator CLI: `job`, `alloc`, `node`, `service`, `intention` and `ca` commands, talking to a server's HTTP
-//! API (`--address`, or `FLOTILLA_ADDR` / `NOMAD_ADDR`, default `http://127.0.0.1:4646`).
+//! The operator CLI: `job`, `deployment`, `alloc`, `node`, `service`, `intention` and `ca`
+//! commands, talking to a server's HTTP API (`--address`, or `FLOTILLA_ADDR` / `NOMAD_ADDR`,
+//! default `http://127.0.0.1:4646`).
 //!
 //! Output is a human table by default and JSON with `-json`. Nomad's single-dash long flags
 //! (`-json`, `-detach`) are accepted; see [`normalize_args`]. Each command returns the process
-//! exit code: 0 success, 1 error, 2 for placement failures (as Nomad's `job run`).
+//! exit code: 0 success, 1 error, 2 for placement failures (as Nomad's `job run`). `job run`,
+//! `job revert` and `deployment status -monitor` follow a job's deployment live (see
+//! `monitor`): 0 when it succeeds or waits for a manual promotion, 1 when it fails.
 
 mod client;
 mod commands;
+mod deployment;
+mod diff;
+#[cfg(test)]
+mod fake_api;
 mod mesh;
 mod monitor;
 mod table;
@@ -16,6 +23,7 @@ pub use commands::{
     AllocCmd, EvalCmd, JobCmd, NodeCmd, PeriodicCmd, ServiceCmd, VarArgs, run_alloc, run_eval,
     run_job, run_node, run_service,
 };
+pub use deployment::{DeploymentCmd, run_deployment};
 pub use mesh::{CaCmd, IntentionCmd, run_ca, run_intention};
 
 /// Connection flags shared by every command that talks to a server.

@@ -666,20 +666,13 @@ impl<'a> Converter<'a> {
         Some(nanos)
     }
 
-    /// `shutdown_delay`: checked, but there is nowhere to keep it yet.
-    fn shutdown_delay(&mut self, scope: &Scope, fields: &Fields<'_>) {
-        if let Some(a) = fields.attr("shutdown_delay")
-            && self.nonnegative_duration(scope, a).is_some()
-        {
-            self.warn(
-                scope,
-                "shutdown_delay",
-                a.span(),
-                "shutdown_delay parsed; applied with deployments later (services are \
-                 deregistered and the task is killed without the delay for now)"
-                    .to_string(),
-            );
-        }
+    /// `shutdown_delay` of a group or task: how long its services are out of every proxy's
+    /// endpoints before its tasks get their kill signal (0 when not set).
+    fn shutdown_delay(&mut self, scope: &Scope, fields: &Fields<'_>) -> i64 {
+        fields
+            .attr("shutdown_delay")
+            .and_then(|a| self.nonnegative_duration(scope, a))
+            .unwrap_or_default()
     }
 
     /// A `meta`/`env` map, from `name { k = "v" }` blocks and/or a `name = { k = "v" }` attribute.

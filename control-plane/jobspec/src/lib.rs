@@ -11,9 +11,10 @@
 //!     `merge`;
 //!   - `job` (type, datacenters, region, namespace, priority, meta, constraint, affinity, spread,
 //!     update, periodic, parameterized), `group` (count, constraint, affinity, spread, network,
-//!     service/check, restart, reschedule, update, volume, ephemeral_disk, meta) and `task`
-//!     (driver, config, env, resources, lifecycle, artifact, template, logs, user,
-//!     volume_mount, dispatch_payload, kill_timeout, kill_signal, constraint, affinity), with
+//!     service (tags, canary_tags, check), restart, reschedule, update, volume,
+//!     ephemeral_disk, meta, shutdown_delay) and `task` (driver, config, env, resources,
+//!     lifecycle, artifact, template, logs, user, volume_mount, dispatch_payload, kill_timeout,
+//!     kill_signal, shutdown_delay, service, constraint, affinity), with
 //!     Nomad 0.x forms translated: task `resources { network { … } }` ports join the group
 //!     network, and docker `config { port_map { … } }` sets the ports' `to`;
 //!   - services' `connect` blocks: `native`, and `sidecar_service` (tags, port) with
@@ -27,9 +28,11 @@
 //!   bad durations and syntax errors are all reported at once, each located by file, line and
 //!   column.
 //! - [`validate`] checks the semantics of a typed job (drivers, port labels, checks, Connect
-//!   upstreams, restart and reschedule policies, update strategies, constraints, affinities,
-//!   spreads, volumes, templates, artifacts, …). It serves jobs submitted as JSON as well; `parse` runs it on the
-//!   canonicalized job and maps its findings back to the HCL source.
+//!   upstreams, restart and reschedule policies, update strategies as Nomad's
+//!   `UpdateStrategy.Validate` and `Job.Warnings` check them, shutdown delays, constraints,
+//!   affinities, spreads, volumes, templates, artifacts, …). It serves jobs submitted as JSON as
+//!   well; `parse` runs it on the canonicalized job and maps its findings back to the HCL
+//!   source.
 //! - [`parse_duration`] reads Go duration strings (`"10s"`, `"1m30s"`) into nanoseconds.
 //!
 //! Every problem is a [`Diagnostic`]: severity, file, line, column, a human path like

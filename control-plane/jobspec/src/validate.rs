@@ -147,6 +147,7 @@ impl Report {
             }
             self.group(&gs, group, job);
         }
+        self.auto_promote_all(&scope, &job.task_groups);
     }
 
     fn group(&mut self, scope: &Scope, group: &TaskGroup, job: &Job) {
@@ -165,6 +166,7 @@ impl Report {
         self.constraints(scope, &group.constraints);
         self.affinities(scope, &group.affinities);
         self.spreads(scope, &group.spreads);
+        self.shutdown_delay(scope, group.shutdown_delay);
         if let Some(policy) = &group.reschedule_policy {
             self.reschedule(&scope.child(Seg::Reschedule, "reschedule"), policy);
         }
@@ -173,7 +175,7 @@ impl Report {
                 // Inherited as it is: the job-level block was checked already, except against
                 // this group's count (system jobs' canaries were reported at the job level).
                 if job_type != JOB_TYPE_SYSTEM {
-                    self.canaries(scope, update, group.count, job_type);
+                    self.update_counts(scope, update, group.count, job_type);
                 }
             } else {
                 self.update(scope, update, job_type, Some(group.count));
@@ -628,6 +630,7 @@ impl Report {
                 ),
             );
         }
+        self.shutdown_delay(scope, task.shutdown_delay);
         if let Some(policy) = &task.restart_policy {
             self.restart(&scope.child(Seg::Restart, "restart"), policy);
         }
@@ -647,6 +650,20 @@ impl Report {
         self.volume_mounts(scope, &task.volume_mounts, group);
         if let Some(payload) = &task.dispatch_payload {
             self.dispatch_payload(scope, payload, job);
+        }
+    }
+
+    /// A group's or task's `shutdown_delay`.
+    fn shutdown_delay(&mut self, scope: &Scope, nanos: i64) {
+        if nanos < 0 {
+            self.error(
+                scope,
+                "shutdown_delay",
+                format!(
+                    "shutdown_delay must not be negative, got {}",
+                    format_duration(nanos)
+                ),
+            );
         }
     }
 

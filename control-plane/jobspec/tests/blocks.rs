@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_at, job_with, ok, only_error, only_warning, parsed, task_line};
+use common::{assert_at, job_with, ok, only_error, parsed, task_line};
 use flotilla_jobspec::Severity;
 use flotilla_types::{
     Affinity, CheckRestart, Constraint, ConsulConnect, ConsulProxy, ConsulSidecarService,
@@ -1104,18 +1104,60 @@ fn port_map_of_other_drivers_is_left_alone() {
 }
 
 #[test]
-fn shutdown_delay_is_parsed_and_warned() {
-    let w = only_warning(&job_with("    shutdown_delay = \"5s\"\n", ""));
-    assert_at(&w, Severity::Warning, 3, "shutdown_delay");
-    assert!(
-        w.message
-            .starts_with("shutdown_delay parsed; applied with deployments later")
-    );
+fn shutdown_delay_in_group_and_task() {
+    let parsed = parsed(&job_with(
+        "    shutdown_delay = \"5s\"\n",
+        "      shutdown_delay = \"1m30s\"\n",
+    ));
+    assert!(parsed.warnings.is_empty(), "{:#?}", parsed.warnings);
+    let g = &parsed.job.task_groups[0];
+    assert_eq!(g.shutdown_delay, 5 * S);
+    assert_eq!(g.tasks[0].shutdown_delay, 90 * S);
 
-    let w = only_warning(&job_with("", "      shutdown_delay = \"10s\"\n"));
-    assert_at(&w, Severity::Warning, task_line(""), "shutdown_delay");
-    assert!(w.path.ends_with(r#"task "t""#));
+    let g = group(&job_with("", ""));
+    assert_eq!(
+        (g.shutdown_delay, g.tasks[0].shutdown_delay),
+        (0, 0),
+        "none unless set"
+    );
 
     let d = only_error(&job_with("    shutdown_delay = \"soon\"\n", ""));
     assert_at(&d, Severity::Error, 3, "shutdown_delay");
+    let d = only_error(&job_with("", "      shutdown_delay = \"-2s\"\n"));
+    assert_at(&d, Severity::Error, task_line(""), "shutdown_delay");
+    assert_eq!(d.message, "shutdown_delay must not be negative, got -2s");
+    assert!(d.path.ends_with(r#"task "t""#), "{d}");
+    let d = only_error(&job_with("    shutdown_delay = 5\n", ""));
+    assert_at(&d, Severity::Error, 3, "shutdown_delay");
+}
+
+#[test]
+fn canary_tags_of_group_and_task_services() {
+    let g = group(&job_with(
+        r#"    network {
+      port "http" {}
+    }
+    service {
+      name        = "web"
+      port        = "http"
+      tags        = ["urlprefix-/web"]
+      canary_tags = ["canary", "urlprefix-/canary"]
+    }
+"#,
+        r#"      service {
+        name        = "worker"
+        canary_tags = ["next"]
+      }
+"#,
+    ));
+    assert_eq!(g.services[0].tags, ["urlprefix-/web"]);
+    assert_eq!(g.services[0].canary_tags, ["canary", "urlprefix-/canary"]);
+    assert_eq!(g.tasks[0].services[0].canary_tags, ["next"]);
+    assert!(g.tasks[0].services[0].tags.is_empty());
+
+    let d = only_error(&job_with(
+        "    service {\n      name        = \"web\"\n      canary_tags = \"canary\"\n    }\n",
+        "",
+    ));
+    assert_at(&d, Severity::Error, 5, "canary_tags");
 }

@@ -219,6 +219,8 @@ fn webapp_job() {
     assert_eq!(ports, [("admin", 9090), ("http", 8080)]);
     let service = &web.services[0];
     assert_eq!(service.tags, ["urlprefix-/web", "v1.4.2"]);
+    assert_eq!(service.canary_tags, ["canary", "v1.4.2"]);
+    assert_eq!(web.shutdown_delay, 5 * S);
     let alive = &service.checks[0];
     assert_eq!(
         alive.check_restart,
@@ -269,6 +271,7 @@ fn webapp_job() {
     let server = &web.tasks[1];
     assert_eq!(server.kill_timeout, 20 * S);
     assert_eq!(server.kill_signal, "SIGTERM");
+    assert_eq!(server.shutdown_delay, 2 * S);
     assert_eq!(server.env["APP_ENV"], "production");
     assert_eq!(server.env["REGION"], "eu-west");
     assert_eq!(server.env["REDIS_URL"], "redis://${NOMAD_ADDR_db}");

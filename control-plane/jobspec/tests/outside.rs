@@ -246,19 +246,6 @@ fn client_disconnect_settings() {
 }
 
 #[test]
-fn shutdown_delay_in_group_and_task() {
-    let w = only_warning(&job_with("    shutdown_delay = \"5s\"\n", ""));
-    assert_at(&w, Severity::Warning, 3, "shutdown_delay");
-    assert!(w.path.ends_with(r#"group "g""#), "{w}");
-    assert!(
-        w.message
-            .starts_with("shutdown_delay parsed; applied with deployments later")
-    );
-    let w = only_warning(&job_with("", "      shutdown_delay = \"5s\"\n"));
-    assert_at(&w, Severity::Warning, task_line(""), "shutdown_delay");
-}
-
-#[test]
 fn outside_features_are_recognised_in_dynamic_blocks_too() {
     let w = only_warning(&job_with(
         "    dynamic \"scaling\" {\n      for_each = [1]\n      content {}\n    }\n",

@@ -412,6 +412,178 @@ fn update_rules() {
 }
 
 #[test]
+fn update_durations_as_nomad_checks_them() {
+    let d = error_at(
+        &group("    update {\n      min_healthy_time = \"-1s\"\n    }\n"),
+        4,
+        "min_healthy_time",
+    );
+    assert_eq!(d.message, "min_healthy_time must not be negative, got -1s");
+    assert_eq!(d.path, r#"job "j" > group "g" > update"#);
+
+    let d = error_at(
+        &group("    update {\n      progress_deadline = \"-10m\"\n    }\n"),
+        4,
+        "progress_deadline",
+    );
+    assert_eq!(
+        d.message,
+        "progress_deadline must not be negative, got -10m0s"
+    );
+
+    // Nomad refuses a zero healthy_deadline and stagger; written out, they are errors.
+    let d = error_at(
+        &group("    update {\n      healthy_deadline = \"0s\"\n    }\n"),
+        4,
+        "healthy_deadline",
+    );
+    assert_eq!(d.message, "healthy_deadline must be positive, got 0s");
+    let d = error_at(
+        &typed("service", "  update {\n    stagger = \"0s\"\n  }\n", ""),
+        3,
+        "stagger",
+    );
+    assert_eq!(d.message, "stagger must be positive, got 0s");
+
+    // A zero progress_deadline means no deadline: any healthy_deadline fits.
+    let p = parsed(&group(
+        "    update {\n      healthy_deadline  = \"1h\"\n      progress_deadline = \"0s\"\n    }\n",
+    ));
+    assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
+    assert_eq!(
+        p.job.task_groups[0]
+            .update
+            .as_ref()
+            .unwrap()
+            .progress_deadline,
+        0
+    );
+
+    // Set at the job level, reported there once.
+    let d = error_at(
+        &typed(
+            "service",
+            "  update {\n    min_healthy_time = \"6m\"\n  }\n",
+            "",
+        ),
+        3,
+        "min_healthy_time",
+    );
+    assert_eq!(
+        d.message,
+        "min_healthy_time (6m0s) must be less than healthy_deadline (5m0s)"
+    );
+    assert_eq!(d.path, r#"job "j" > update"#);
+}
+
+#[test]
+fn update_counts_and_promotion_as_nomad_checks_them() {
+    // More in parallel than the group runs: Nomad's warning.
+    let w = warning_at(
+        &group("    count = 2\n    update {\n      max_parallel = 3\n    }\n"),
+        5,
+        "max_parallel",
+    );
+    assert_eq!(
+        w.message,
+        "max_parallel = 3 is more than the group's count (2): a destructive change would \
+         replace every instance at once"
+    );
+    // Not for a group of one (Nomad's exception), nor for system jobs (no count).
+    let p = parsed(&group("    update {\n      max_parallel = 3\n    }\n"));
+    assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
+    let p = parsed(&typed(
+        "system",
+        "  update {\n    max_parallel = 2\n  }\n",
+        "",
+    ));
+    assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
+
+    // Blue/green: as many canaries as instances, promoted automatically.
+    let p = parsed(&group(
+        "    count = 3\n    update {\n      canary       = 3\n      max_parallel = 3\n      auto_promote = true\n    }\n",
+    ));
+    assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
+
+    // auto_promote is all or nothing across the groups with canaries.
+    let src = r#"job "j" {
+  group "a" {
+    update {
+      canary       = 1
+      auto_promote = true
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "x"
+      }
+    }
+  }
+  group "b" {
+    update {
+      canary = 1
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "x"
+      }
+    }
+  }
+  group "c" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "x"
+      }
+    }
+  }
+}
+"#;
+    let w = only_warning(src);
+    assert_eq!(w.severity, Severity::Warning);
+    assert_eq!(w.path, r#"job "j" > group "b" > update"#);
+    assert_eq!(w.field, "auto_promote");
+    assert_eq!(w.line, Some(15), "at group b's update block: {w}");
+    assert!(
+        w.message
+            .starts_with(r#"auto_promote is false here but true in group "a""#),
+        "{w}"
+    );
+    // A group without canaries does not hold promotion back.
+    let p = parsed(&src.replace("      canary = 1\n", "      max_parallel = 1\n"));
+    assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
+
+    // System jobs: rolling updates yes, canaries no (also when set at the group level).
+    let d = error_at(
+        &typed(
+            "system",
+            "  update {\n    max_parallel = 2\n  }\n",
+            "    update {\n      canary = 1\n    }\n",
+        ),
+        8,
+        "canary",
+    );
+    assert_eq!(
+        d.message,
+        "canary deployments are not supported for system jobs"
+    );
+    // Batch jobs: no update block at all, whatever it holds.
+    for body in ["max_parallel = 1", "canary = 1"] {
+        let d = error_at(
+            &typed(
+                "batch",
+                "",
+                &format!("    update {{\n      {body}\n    }}\n"),
+            ),
+            4,
+            "update",
+        );
+        assert_eq!(d.message, "update is not allowed for batch jobs");
+    }
+}
+
+#[test]
 fn reschedule_rules() {
     let d = error_at(
         &group("    reschedule {\n      delay_function = \"linear\"\n    }\n"),
@@ -1088,4 +1260,156 @@ fn json_and_hcl_jobs_get_the_same_report() {
             (Some(25), "sidecar"),
         ]
     );
+}
+
+// ---- update and shutdown_delay of JSON jobs ----
+
+/// A JSON job with an update strategy and shutdown delays, as the API receives it: every
+/// duration written out (in nanoseconds), as Nomad's clients send them.
+const JSON_UPDATE: &str = r#"{
+  "ID": "j",
+  "TaskGroups": [{
+    "Name": "g",
+    "Count": 2,
+    "ShutdownDelay": -1000000000,
+    "Update": {
+      "Stagger": 30000000000,
+      "MaxParallel": 1,
+      "HealthCheck": "http",
+      "MinHealthyTime": 300000000000,
+      "HealthyDeadline": 300000000000,
+      "ProgressDeadline": 600000000000,
+      "AutoPromote": true
+    },
+    "Services": [{ "Name": "web", "CanaryTags": ["canary"] }],
+    "Tasks": [{
+      "Name": "t",
+      "Driver": "raw_exec",
+      "Config": { "command": "x" },
+      "ShutdownDelay": -2000000000
+    }]
+  }]
+}"#;
+
+const HCL_UPDATE: &str = r#"job "j" {
+  group "g" {
+    count          = 2
+    shutdown_delay = "-1s"
+    update {
+      health_check     = "http"
+      min_healthy_time = "5m"
+      auto_promote     = true
+    }
+    service {
+      name        = "web"
+      canary_tags = ["canary"]
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "x"
+      }
+      shutdown_delay = "-2s"
+    }
+  }
+}
+"#;
+
+#[test]
+fn json_and_hcl_update_strategies_get_the_same_report() {
+    let mut job: Job = serde_json::from_str(JSON_UPDATE).unwrap();
+    assert_eq!(job.task_groups[0].services[0].canary_tags, ["canary"]);
+    job.canonicalize();
+    let mut from_json: Vec<_> = validate(&job)
+        .into_iter()
+        .map(|d| (d.severity.to_string(), d.path, d.field, d.message))
+        .collect();
+    let hcl = errors(HCL_UPDATE);
+    let mut from_hcl: Vec<_> = hcl
+        .iter()
+        .map(|d| {
+            (
+                d.severity.to_string(),
+                d.path.clone(),
+                d.field.clone(),
+                d.message.clone(),
+            )
+        })
+        .collect();
+    from_json.sort();
+    from_hcl.sort();
+    assert_eq!(from_json, from_hcl);
+    let lines: Vec<_> = hcl.iter().map(|d| (d.line, d.field.as_str())).collect();
+    assert_eq!(
+        lines,
+        [
+            (Some(4), "shutdown_delay"),
+            (Some(6), "health_check"),
+            (Some(7), "min_healthy_time"),
+            (Some(8), "auto_promote"),
+            (Some(19), "shutdown_delay"),
+        ]
+    );
+    let messages: Vec<_> = hcl.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "shutdown_delay must not be negative, got -1s",
+            r#"unknown health_check "http" (expected one of: checks, task_states, manual)"#,
+            "min_healthy_time (5m0s) must be less than healthy_deadline (5m0s)",
+            "auto_promote needs canaries: set canary to 1 or more",
+            "shutdown_delay must not be negative, got -2s",
+        ]
+    );
+}
+
+#[test]
+fn json_update_strategies_are_checked_too() {
+    let json = |update: &str| -> Vec<Diagnostic> {
+        let mut job: Job = serde_json::from_str(&format!(
+            r#"{{
+  "ID": "j",
+  "TaskGroups": [{{
+    "Name": "g",
+    "Count": 1,
+    "Update": {update},
+    "Tasks": [{{ "Name": "t", "Driver": "raw_exec", "Config": {{ "command": "x" }} }}]
+  }}]
+}}"#
+        ))
+        .unwrap();
+        job.canonicalize();
+        validate(&job)
+    };
+    // Left-out deadlines are none (as the deployment watcher reads them): nothing to compare.
+    assert_eq!(json(r#"{ "MaxParallel": 1, "Canary": 1 }"#), vec![]);
+    assert_eq!(
+        json(r#"{ "MaxParallel": 1, "MinHealthyTime": 600000000000 }"#),
+        vec![]
+    );
+
+    let diags = json(r#"{ "MinHealthyTime": 60000000000, "HealthyDeadline": 30000000000 }"#);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].field, "min_healthy_time");
+    assert_eq!(
+        diags[0].message,
+        "min_healthy_time (1m0s) must be less than healthy_deadline (30s)"
+    );
+    assert_eq!((diags[0].line, diags[0].file.as_str()), (None, ""));
+
+    let diags = json(r#"{ "HealthyDeadline": 60000000000, "ProgressDeadline": 30000000000 }"#);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(
+        diags[0].message,
+        "healthy_deadline (1m0s) must be less than progress_deadline (30s)"
+    );
+
+    let diags = json(r#"{ "Stagger": -1, "HealthyDeadline": -1000000000 }"#);
+    let fields: Vec<_> = diags.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(fields, ["stagger", "healthy_deadline"], "{diags:#?}");
+    assert!(diags.iter().all(Diagnostic::is_error));
+
+    let diags = json(r#"{ "Canary": 0, "AutoPromote": true }"#);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].field, "auto_promote");
 }

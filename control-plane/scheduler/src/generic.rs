@@ -118,10 +118,7 @@ pub(crate) fn schedule(
         }
         if let Some(id) = joins(&p.group) {
             alloc.deployment_id = id;
-            alloc.deployment_status = p.canary.then(|| AllocDeploymentStatus {
-                canary: true,
-                ..Default::default()
-            });
+            alloc.deployment_status = Some(joined(env.now, p.canary));
         }
         if let Some(tracker) = p.reschedule {
             alloc.reschedule_tracker = Some(tracker);
@@ -143,8 +140,19 @@ pub(crate) fn schedule(
     for a in &mut plan.updates {
         if let Some(id) = joins(&a.task_group) {
             a.deployment_id = id;
-            a.deployment_status = None;
+            a.deployment_status = Some(joined(env.now, false));
         }
     }
     plan
+}
+
+/// The deployment status of an allocation joining a deployment at `now`: not yet judged, its
+/// `healthy_deadline` counted from now.
+fn joined(now: i64, canary: bool) -> AllocDeploymentStatus {
+    AllocDeploymentStatus {
+        healthy: None,
+        timestamp: now,
+        canary,
+        modify_index: 0,
+    }
 }

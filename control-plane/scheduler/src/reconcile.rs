@@ -28,7 +28,8 @@ pub const DESC_MIGRATING: &str = "alloc is being migrated";
 pub const DESC_LOST: &str = "alloc is lost since its node is down";
 pub const DESC_RESCHEDULED: &str = "alloc was rescheduled because it failed";
 pub const DESC_DUPLICATE: &str = "alloc not needed: duplicate instance";
-pub const DESC_REPLACED_BY_CANARY: &str = "alloc not needed as it was replaced by a promoted canary";
+pub const DESC_REPLACED_BY_CANARY: &str =
+    "alloc not needed as it was replaced by a promoted canary";
 pub const DESC_CANARY_ENDED: &str = "alloc not needed as its deployment ended before promotion";
 
 /// What must change for a job to match its specification.
@@ -279,11 +280,10 @@ pub fn reconcile(state: &State, job: Option<&Job>, eval: &Evaluation, now: i64) 
     }
 
     out.rollout = plan_rollout(state, job, &by_group, &out.live, now);
-    let running = out
-        .rollout
-        .deployment
-        .as_ref()
-        .filter(|d| d.status == DEPLOYMENT_STATUS_RUNNING || d.status == DEPLOYMENT_STATUS_PAUSED);
+    let running =
+        out.rollout.deployment.as_ref().filter(|d| {
+            d.status == DEPLOYMENT_STATUS_RUNNING || d.status == DEPLOYMENT_STATUS_PAUSED
+        });
     for a in canaries {
         if running.is_none_or(|d| d.id != a.deployment_id) {
             out.stop
@@ -473,7 +473,11 @@ fn plan_rollout(
             let current = running
                 .iter()
                 .any(|a| version_change(a, job, group).is_none());
-            if !current && running.iter().any(|a| version_change(a, job, group) == Some(true)) {
+            if !current
+                && running
+                    .iter()
+                    .any(|a| version_change(a, job, group) == Some(true))
+            {
                 *outdated.entry(group.name.as_str()).or_default() += 1;
             }
         }

@@ -55,7 +55,13 @@ pub(crate) fn current_deployment<'s>(state: &'s State, job: &Job) -> Option<&'s 
 
 /// Deployments of the job that must stop following it: active ones of other versions (a newer
 /// version supersedes them) or of a stopped job.
-pub(crate) fn cancelled(state: &State, job: Option<&Job>, namespace: &str, id: &str, now: i64) -> Vec<Deployment> {
+pub(crate) fn cancelled(
+    state: &State,
+    job: Option<&Job>,
+    namespace: &str,
+    id: &str,
+    now: i64,
+) -> Vec<Deployment> {
     state
         .deployments_by_job(namespace, id)
         .into_iter()

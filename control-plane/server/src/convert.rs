@@ -93,6 +93,7 @@ pub fn alloc_to_proto(alloc: &Allocation, node: Option<&Node>) -> pb::Allocation
                             .as_ref()
                             .map(|d| d.file.clone())
                             .unwrap_or_default(),
+                        shutdown_delay_ms: ms(t.shutdown_delay),
                     }
                 })
                 .collect()
@@ -217,6 +218,7 @@ pub fn alloc_to_proto(alloc: &Allocation, node: Option<&Node>) -> pb::Allocation
             })
             .unwrap_or_default(),
         job_name: job.map(|j| j.name.clone()).unwrap_or_default(),
+        shutdown_delay_ms: group.map(|g| ms(g.shutdown_delay)).unwrap_or_default(),
     }
 }
 

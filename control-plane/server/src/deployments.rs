@@ -67,7 +67,15 @@ pub fn review(
         let Some(job) = state.job(&d.namespace, &d.job_id) else {
             continue;
         };
-        ops.extend(review_one(state, job, d, clock, now, &mut new_id, &mut watched));
+        ops.extend(review_one(
+            state,
+            job,
+            d,
+            clock,
+            now,
+            &mut new_id,
+            &mut watched,
+        ));
     }
     clock.since.retain(|id, _| watched.contains(id));
     ops
@@ -155,9 +163,10 @@ fn review_one(
             g.require_progress_by = now.saturating_add(g.progress_deadline);
         }
     }
-    let missed_deadline = next.task_groups.values().any(|g| {
-        g.require_progress_by > 0 && now > g.require_progress_by && !group_done(g)
-    });
+    let missed_deadline = next
+        .task_groups
+        .values()
+        .any(|g| g.require_progress_by > 0 && now > g.require_progress_by && !group_done(g));
     if running && (unhealthy || missed_deadline) {
         let why = if unhealthy {
             DEPLOYMENT_DESC_UNHEALTHY
@@ -187,7 +196,11 @@ fn review_one(
             .values()
             .any(|g| g.desired_canaries > 0 && !g.promoted)
         {
-            if next.task_groups.values().all(|g| g.auto_promote || g.desired_canaries == 0) {
+            if next
+                .task_groups
+                .values()
+                .all(|g| g.auto_promote || g.desired_canaries == 0)
+            {
                 DEPLOYMENT_DESC_AUTO_PROMOTION
             } else {
                 DEPLOYMENT_DESC_NEEDS_PROMOTION
@@ -197,7 +210,8 @@ fn review_one(
         }
         .to_string();
     }
-    if (progressed || promoted_now) && running && !has_pending_eval(state, job) {
+    // Always a new evaluation: a pending one may already be planning from an older snapshot.
+    if (progressed || promoted_now) && running {
         ops.push(Op::PutEval(Evaluation::for_job(
             job,
             TRIGGER_DEPLOYMENT_WATCHER,
@@ -228,12 +242,6 @@ fn canaries_healthy(state: &State, g: &DeploymentState) -> bool {
         .filter(|a| !a.terminal() && a.deployment_health() == Some(true))
         .count();
     healthy >= g.desired_canaries as usize
-}
-
-fn has_pending_eval(state: &State, job: &Job) -> bool {
-    state
-        .pending_evals()
-        .any(|e| e.namespace == job.namespace && e.job_id == job.id)
 }
 
 /// The verdict on `a` reached at `now`, if one is due: `Some(true)` healthy, `Some(false)`
@@ -275,7 +283,12 @@ fn judge(
     } else {
         clock.since.remove(&a.id);
     }
-    if update.healthy_deadline > 0 && now.saturating_sub(a.create_time) > update.healthy_deadline {
+    // From when it joined the deployment (an instance updated in place joined late).
+    let joined = a
+        .deployment_status
+        .as_ref()
+        .map_or(a.create_time, |s| s.timestamp.max(a.create_time));
+    if update.healthy_deadline > 0 && now.saturating_sub(joined) > update.healthy_deadline {
         return Some(false);
     }
     None
@@ -481,19 +494,35 @@ mod tests {
 
         // a2's check passes, fails again (the clock restarts), then passes for long enough.
         store
-            .apply(vec![Op::PutService(registration("a2", HEALTH_PASSING, &[]))])
+            .apply(vec![Op::PutService(registration(
+                "a2",
+                HEALTH_PASSING,
+                &[],
+            ))])
             .unwrap();
         pass(&store, &mut clock, 4 * S);
         store
-            .apply(vec![Op::PutService(registration("a2", HEALTH_CRITICAL, &[]))])
+            .apply(vec![Op::PutService(registration(
+                "a2",
+                HEALTH_CRITICAL,
+                &[],
+            ))])
             .unwrap();
         pass(&store, &mut clock, 5 * S);
         store
-            .apply(vec![Op::PutService(registration("a2", HEALTH_PASSING, &[]))])
+            .apply(vec![Op::PutService(registration(
+                "a2",
+                HEALTH_PASSING,
+                &[],
+            ))])
             .unwrap();
         pass(&store, &mut clock, 6 * S);
         pass(&store, &mut clock, 7 * S);
-        assert_eq!(health(&store, "a2"), None, "interrupted: 2 s not yet reached");
+        assert_eq!(
+            health(&store, "a2"),
+            None,
+            "interrupted: 2 s not yet reached"
+        );
         pass(&store, &mut clock, 8 * S);
         assert_eq!(health(&store, "a2"), Some(true));
         pass(&store, &mut clock, 8 * S + 1);
@@ -536,7 +565,10 @@ mod tests {
         );
         let job = state.job("default", "web").unwrap();
         assert_eq!(job.version, 3, "the revert is a new version");
-        assert_eq!(job.task_groups[0].tasks[0].env["V"], "1", "with version 1's spec");
+        assert_eq!(
+            job.task_groups[0].tasks[0].env["V"], "1",
+            "with version 1's spec"
+        );
         assert!(!job.stable);
         assert!(
             state
@@ -584,7 +616,10 @@ mod tests {
             .unwrap();
         let mut clock = HealthClock::default();
         pass(&store, &mut clock, 4 * S);
-        assert_eq!(store.snapshot().deployment("d").unwrap().status, DEPLOYMENT_STATUS_RUNNING);
+        assert_eq!(
+            store.snapshot().deployment("d").unwrap().status,
+            DEPLOYMENT_STATUS_RUNNING
+        );
         pass(&store, &mut clock, 5 * S + 1);
         let d = store.snapshot().deployment("d").unwrap().clone();
         assert_eq!(d.status, DEPLOYMENT_STATUS_FAILED);

@@ -107,7 +107,9 @@ impl RedbStore {
             }
             Ok(())
         }
-        each(&txn, JOB_VERSIONS, "job_versions", |j| state.load_job_version(j))?;
+        each(&txn, JOB_VERSIONS, "job_versions", |j| {
+            state.load_job_version(j)
+        })?;
         each(&txn, JOBS, "jobs", |j| state.load(Op::PutJob(j)))?;
         each(&txn, DEPLOYMENTS, "deployments", |d| {
             state.load(Op::PutDeployment(d))
@@ -320,7 +322,10 @@ mod tests {
         }
         let s = RedbStore::open(dir.path()).unwrap();
         let snap = s.snapshot();
-        let kept: Vec<u64> = snap.job_versions("default", "web").map(|j| j.version).collect();
+        let kept: Vec<u64> = snap
+            .job_versions("default", "web")
+            .map(|j| j.version)
+            .collect();
         assert_eq!(kept, vec![8, 7, 6, 5, 4, 3]);
         assert_eq!(
             snap.job_version("default", "web", 5).unwrap().meta["v"],

@@ -139,7 +139,8 @@ impl Allocation {
 pub struct AllocDeploymentStatus {
     /// `None` until the deployment watcher decides.
     pub healthy: Option<bool>,
-    /// When the verdict was reached (unix nanoseconds; 0 before).
+    /// When the allocation joined its deployment, then when the verdict was reached (unix
+    /// nanoseconds).
     pub timestamp: i64,
     pub canary: bool,
     pub modify_index: u64,
@@ -276,6 +277,9 @@ pub struct AllocListStub {
     pub client_status: String,
     pub client_description: String,
     pub task_states: BTreeMap<String, TaskState>,
+    #[serde(rename = "DeploymentID")]
+    pub deployment_id: String,
+    pub deployment_status: Option<AllocDeploymentStatus>,
     pub create_index: u64,
     pub modify_index: u64,
     pub create_time: i64,
@@ -299,6 +303,8 @@ impl From<&Allocation> for AllocListStub {
             client_status: a.client_status.clone(),
             client_description: a.client_description.clone(),
             task_states: a.task_states.clone(),
+            deployment_id: a.deployment_id.clone(),
+            deployment_status: a.deployment_status.clone(),
             create_index: a.create_index,
             modify_index: a.modify_index,
             create_time: a.create_time,

@@ -193,9 +193,11 @@ async fn handle(
         );
     }
     if !snapshot.is_local_endpoint_of(destination, target) {
+        // 421, not 403: during a rollout this node may drop a stopping instance a moment
+        // before the caller does; nothing was forwarded, so the caller tries another instance.
         warn!(%peer, %target, %destination, "refused tunnel to an address that is not a local instance of the service");
         return text(
-            StatusCode::FORBIDDEN,
+            StatusCode::MISDIRECTED_REQUEST,
             format!("{target} is not an instance of {destination} on this node\n"),
         );
     }

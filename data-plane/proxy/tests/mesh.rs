@@ -300,11 +300,12 @@ async fn inbound_refuses_targets_that_are_not_local_instances_of_the_server_name
     ] {
         match raw_tunnel(client.clone(), f.proxy.inbound, &sni("db"), target).await {
             Tunnel::Refused(status, message) => {
-                assert_eq!(status, StatusCode::FORBIDDEN, "{target}");
+                // Misdirected (421), so a caller with an older endpoint list retries elsewhere.
+                assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{target}");
                 assert!(message.contains(&target.to_string()), "{message}");
                 assert!(message.contains("db"), "{message}");
             }
-            other => panic!("CONNECT {target}: expected a 403, got {other:?}"),
+            other => panic!("CONNECT {target}: expected a 421, got {other:?}"),
         }
     }
     assert_eq!(f.cache.accepted(), 0, "a tunnel named for db reached cache");

@@ -1,17 +1,30 @@
 //! The example workload shipped with Flotilla: a tiny HTTP server that answers with its
-//! allocation id and node name, so load balancing through the mesh is visible.
+//! allocation id and node name, so load balancing through the mesh is visible, and that can
+//! play the parts a deployment needs: a version, a slow start, a broken release.
 //!
-//! `GET /health` answers `ok`; `POST /echo` answers with the request body (up to
-//! [`ECHO_LIMIT`] bytes, 413 beyond), for latency benchmarks; `GET /upstream/<name>/<path>`
-//! calls `/<path>` on the Connect upstream `<name>` (at `$NOMAD_UPSTREAM_ADDR_<name>`, i.e.
-//! through the node proxy's localhost listener) and answers `via upstream <name>: <its
-//! answer>`; every other path answers
-//! `hello from allocation <id> on node <node>` (plus the path), with the same facts in the
-//! `x-alloc-id` and `x-node` headers. Run it with `flotilla demo-app --listen ADDR`.
+//! - `GET /health` answers `ok` (200); with [`Config::healthy_after`] it answers 503 until that
+//!   long after start, and with [`Config::unhealthy`] always 500 — the checks a deployment
+//!   waits on.
+//! - `POST /echo` answers with the request body (up to [`ECHO_LIMIT`] bytes, 413 beyond), for
+//!   latency benchmarks.
+//! - `GET /upstream/<name>/<path>` calls `/<path>` on the Connect upstream `<name>` (at
+//!   `$NOMAD_UPSTREAM_ADDR_<name>`, i.e. through the node proxy's localhost listener) and
+//!   answers `via upstream <name>: <its answer>`.
+//! - Every other path answers `hello from allocation <id> on node <node>`, then ` version <v>`
+//!   when [`Config::version`] is set, then the path, with the same facts in the `x-alloc-id`,
+//!   `x-node` and `x-app-version` headers (`x-app-version` is on every response when a version
+//!   is set).
+//!
+//! [`serve`] runs until SIGTERM or SIGINT, then stops accepting, lets requests in flight finish
+//! within [`Config::drain_grace`] and returns `Ok`: a stopped instance fails no request it
+//! took. Run it with `flotilla demo-app --listen ADDR [--app-version V] [--healthy-after 3s]
+//! [--unhealthy]`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -19,43 +32,140 @@ use hyper::body::{Body, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::time::Instant;
 
-/// Who this instance is.
+/// How long requests in flight may take to finish once shutdown is asked for.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Who this instance is and how it behaves.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub struct Config {
     pub alloc_id: String,
     pub node: String,
+    /// The application version, in answers and the `x-app-version` header; empty: none.
+    pub version: String,
+    /// `GET /health` answers 503 until this long after start (zero: healthy at once).
+    pub healthy_after: Duration,
+    /// `GET /health` always answers 500.
+    pub unhealthy: bool,
+    /// Once shutdown is asked for, how long requests in flight may take to finish.
+    pub drain_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            alloc_id: "unknown".into(),
+            node: "unknown".into(),
+            version: String::new(),
+            healthy_after: Duration::ZERO,
+            unhealthy: false,
+            drain_grace: DRAIN_GRACE,
+        }
+    }
 }
 
 /// The largest request body `POST /echo` sends back; a larger one gets 413.
 pub const ECHO_LIMIT: usize = 1 << 20;
 
-/// Serve until the process is stopped.
-pub async fn serve(listen: SocketAddr, who: Identity) -> std::io::Result<()> {
+/// Serve on `listen` until SIGTERM or SIGINT, then drain (see [`serve_on`]).
+pub async fn serve(listen: SocketAddr, config: Config) -> std::io::Result<()> {
+    // Installed before the first accept, so a stop signal never kills the process outright.
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("demo-app: listen on {listen}: {e}")))?;
-    serve_on(listener, who).await
+    serve_on(listener, config, shutdown).await
 }
 
-/// Serve on a bound listener until the process is stopped (or an accept fails).
-pub async fn serve_on(listener: tokio::net::TcpListener, who: Identity) -> std::io::Result<()> {
+/// A future that resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}
+
+/// Serve on a bound listener until `shutdown` resolves (or an accept fails); then stop
+/// accepting, let requests in flight finish within [`Config::drain_grace`] (idle keep-alive
+/// connections are closed at once) and return.
+pub async fn serve_on<S>(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = S>,
+) -> std::io::Result<()>
+where
+    S: std::fmt::Display,
+{
     eprintln!(
-        "demo-app: allocation {} on node {} listening on {}",
-        who.alloc_id,
-        who.node,
+        "demo-app: allocation {} on node {}{} listening on {}",
+        config.alloc_id,
+        config.node,
+        version_suffix(&config.version),
         listener.local_addr()?
     );
-    let who = Arc::new(who);
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let who = who.clone();
+    let grace = config.drain_grace;
+    let state = Arc::new(State {
+        config,
+        started: Instant::now(),
+    });
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let result = loop {
+        let accepted = tokio::select! {
+            why = &mut shutdown => {
+                eprintln!("demo-app: {why}: no longer accepting; draining requests in flight");
+                break Ok(());
+            }
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => break Err(e),
+        };
+        let state = state.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| answer(req, who.clone()));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let svc = hyper::service::service_fn(move |req| answer(req, state.clone()));
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let _ = watcher.watch(conn).await;
         });
+    };
+    drop(listener);
+    let in_flight = graceful.count();
+    tokio::select! {
+        () = graceful.shutdown() => {
+            eprintln!("demo-app: drained {in_flight} connection(s); exiting");
+        }
+        () = tokio::time::sleep(grace) => {
+            eprintln!(
+                "demo-app: requests still in flight after {grace:?}; exiting anyway"
+            );
+        }
+    }
+    result
+}
+
+/// What every request handler sees.
+#[derive(Debug)]
+struct State {
+    config: Config,
+    started: Instant,
+}
+
+/// `" version V"`, or nothing without a version.
+fn version_suffix(version: &str) -> String {
+    if version.is_empty() {
+        String::new()
+    } else {
+        format!(" version {version}")
     }
 }
 
@@ -134,8 +244,49 @@ where
 
 async fn answer(
     req: Request<Incoming>,
-    who: Arc<Identity>,
+    state: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut resp = route(req, &state).await;
+    let version = &state.config.version;
+    if !version.is_empty()
+        && let Ok(value) = hyper::header::HeaderValue::from_str(version)
+    {
+        resp.headers_mut().insert("x-app-version", value);
+    }
+    Ok(resp)
+}
+
+/// `GET /health`: (status, body) from the configured behaviour and the time since start.
+fn health(config: &Config, since_start: Duration) -> (StatusCode, String) {
+    if config.unhealthy {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unhealthy (--unhealthy)\n".to_string(),
+        )
+    } else if since_start < config.healthy_after {
+        let left = config.healthy_after - since_start;
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("starting: healthy in {} ms\n", left.as_millis().max(1)),
+        )
+    } else {
+        (StatusCode::OK, "ok\n".to_string())
+    }
+}
+
+fn text(status: StatusCode, body: String, state: &State) -> Response<Full<Bytes>> {
+    let who = &state.config;
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .header("x-alloc-id", who.alloc_id.as_str())
+        .header("x-node", who.node.as_str())
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"error\n"))))
+}
+
+async fn route(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+    let who = &state.config;
     if req.method() == Method::POST && req.uri().path() == "/echo" {
         let (status, body) = echo_body(req.into_body()).await;
         let content_type = if status == StatusCode::OK {
@@ -143,50 +294,43 @@ async fn answer(
         } else {
             "text/plain; charset=utf-8"
         };
-        let resp = Response::builder()
+        return Response::builder()
             .status(status)
             .header("content-type", content_type)
             .header("x-alloc-id", who.alloc_id.as_str())
             .header("x-node", who.node.as_str())
-            .body(Full::new(body));
-        return Ok(
-            resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"error\n"))))
-        );
+            .body(Full::new(body))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"error\n"))));
     }
     if let Some((name, path)) = upstream_call(req.uri().path()) {
         let var = upstream_env(name);
         let (status, body) = match std::env::var(&var) {
-            Err(_) => (502, format!("{var} is not set: no upstream {name:?}\n")),
+            Err(_) => (
+                StatusCode::BAD_GATEWAY,
+                format!("{var} is not set: no upstream {name:?}\n"),
+            ),
             Ok(addr) => match call_upstream(&addr, &path).await {
-                Ok((status, body)) => (status, format!("via upstream {name}: {body}")),
-                Err(e) => (502, format!("upstream {name}: {e}\n")),
+                Ok((status, body)) => (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    format!("via upstream {name}: {body}"),
+                ),
+                Err(e) => (StatusCode::BAD_GATEWAY, format!("upstream {name}: {e}\n")),
             },
         };
-        let resp = Response::builder()
-            .status(status)
-            .header("content-type", "text/plain; charset=utf-8")
-            .header("x-alloc-id", who.alloc_id.as_str())
-            .body(Full::new(Bytes::from(body)));
-        return Ok(
-            resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"error\n"))))
-        );
+        return text(status, body, state);
     }
-    let body = if req.uri().path() == "/health" {
-        "ok\n".to_string()
-    } else {
-        format!(
-            "hello from allocation {} on node {} (path {})\n",
-            who.alloc_id,
-            who.node,
-            req.uri().path()
-        )
-    };
-    let resp = Response::builder()
-        .header("content-type", "text/plain; charset=utf-8")
-        .header("x-alloc-id", who.alloc_id.as_str())
-        .header("x-node", who.node.as_str())
-        .body(Full::new(Bytes::from(body)));
-    Ok(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"hello\n")))))
+    if req.uri().path() == "/health" {
+        let (status, body) = health(who, state.started.elapsed());
+        return text(status, body, state);
+    }
+    let body = format!(
+        "hello from allocation {} on node {}{} (path {})\n",
+        who.alloc_id,
+        who.node,
+        version_suffix(&who.version),
+        req.uri().path()
+    );
+    text(StatusCode::OK, body, state)
 }
 
 #[cfg(test)]
@@ -243,15 +387,206 @@ mod tests {
         assert_eq!((status, body.len()), (StatusCode::OK, 0));
     }
 
-    async fn start() -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let who = Identity {
+    fn config() -> Config {
+        Config {
             alloc_id: "a1".into(),
             node: "n1".into(),
-        };
-        tokio::spawn(serve_on(listener, who));
+            ..Config::default()
+        }
+    }
+
+    async fn start() -> SocketAddr {
+        start_with(config()).await
+    }
+
+    async fn start_with(config: Config) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_on(listener, config, std::future::pending::<&str>()));
         addr
+    }
+
+    /// One GET over a fresh connection: (status, headers, body).
+    async fn get(addr: SocketAddr, path: &str) -> (StatusCode, hyper::HeaderMap, String) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", "demo")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[test]
+    fn health_follows_the_configuration() {
+        let mut c = config();
+        assert_eq!(health(&c, Duration::ZERO), (StatusCode::OK, "ok\n".into()));
+        c.healthy_after = Duration::from_secs(3);
+        let (status, body) = health(&c, Duration::from_millis(500));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "starting: healthy in 2500 ms\n");
+        assert_eq!(health(&c, Duration::from_secs(3)).0, StatusCode::OK);
+        c.unhealthy = true;
+        assert_eq!(
+            health(&c, Duration::from_secs(60)).0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[tokio::test]
+    async fn version_is_in_the_answer_and_on_every_response() {
+        let addr = start_with(Config {
+            version: "v2".into(),
+            ..config()
+        })
+        .await;
+        let (status, headers, body) = get(addr, "/x").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            "hello from allocation a1 on node n1 version v2 (path /x)\n"
+        );
+        assert_eq!(headers["x-app-version"], "v2");
+        for path in ["/health", "/upstream/nope/x"] {
+            let (_, headers, _) = get(addr, path).await;
+            assert_eq!(headers["x-app-version"], "v2", "GET {path}");
+        }
+
+        // Without a version: the answer as before, and no header.
+        let addr = start().await;
+        let (_, headers, body) = get(addr, "/x").await;
+        assert_eq!(body, "hello from allocation a1 on node n1 (path /x)\n");
+        assert!(!headers.contains_key("x-app-version"));
+    }
+
+    #[tokio::test]
+    async fn healthy_after_a_delay_and_serving_meanwhile() {
+        let addr = start_with(Config {
+            healthy_after: Duration::from_millis(600),
+            ..config()
+        })
+        .await;
+        let (status, _, body) = get(addr, "/health").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.starts_with("starting: healthy in"), "{body}");
+        // Other paths serve from the start.
+        assert_eq!(get(addr, "/").await.0, StatusCode::OK);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, _, body) = get(addr, "/health").await;
+            if status == StatusCode::OK {
+                assert_eq!(body, "ok\n");
+                break;
+            }
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(Instant::now() < deadline, "never became healthy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn unhealthy_always_fails_its_check() {
+        let addr = start_with(Config {
+            unhealthy: true,
+            ..config()
+        })
+        .await;
+        let (status, _, body) = get(addr, "/health").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body, "unhealthy (--unhealthy)\n");
+        assert_eq!(get(addr, "/").await.0, StatusCode::OK);
+    }
+
+    /// Starts a server that stops when the returned sender fires; the handle yields
+    /// `serve_on`'s result.
+    async fn stoppable(
+        grace: Duration,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = Config {
+            drain_grace: grace,
+            ..config()
+        };
+        let server = tokio::spawn(serve_on(listener, config, async move {
+            let _ = stopped.await;
+            "test stop"
+        }));
+        (addr, stop, server)
+    }
+
+    /// Sends the head of `POST /echo` with a 10-byte body and its first 5 bytes, and waits
+    /// until the server has read them (the request is in flight).
+    async fn half_sent_echo(addr: SocketAddr) -> tokio::net::TcpStream {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /echo HTTP/1.1\r\nhost: demo\r\ncontent-length: 10\r\n\r\nhello")
+            .await
+            .unwrap();
+        tcp
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_requests_in_flight_finish_and_refuses_new_ones() {
+        let (addr, stop, server) = stoppable(Duration::from_secs(10)).await;
+        // An idle keep-alive connection, and a request half sent.
+        let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut busy = half_sent_echo(addr).await;
+        // Make sure the server has taken both connections before stopping it.
+        assert_eq!(get(addr, "/health").await.0, StatusCode::OK);
+
+        stop.send(()).unwrap();
+        // New connections are refused once the listener is gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(Instant::now() < deadline, "still accepting after shutdown");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!server.is_finished(), "returned with a request in flight");
+
+        // The request in flight completes.
+        busy.write_all(b"world").await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), busy.read_to_end(&mut got))
+            .await
+            .expect("the answer, then the connection closed")
+            .unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with("helloworld"), "{text}");
+
+        // Then the server returns Ok, the idle connection closed without waiting for grace.
+        let result = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve_on returns once drained");
+        result.unwrap().unwrap();
+        drop(idle);
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_no_longer_than_the_grace() {
+        let (addr, stop, server) = stoppable(Duration::from_millis(300)).await;
+        let _stuck = half_sent_echo(addr).await;
+        assert_eq!(get(addr, "/health").await.0, StatusCode::OK);
+        let asked = Instant::now();
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve_on returns after the grace")
+            .unwrap()
+            .unwrap();
+        assert!(asked.elapsed() >= Duration::from_millis(300));
     }
 
     #[tokio::test]

@@ -216,7 +216,7 @@ impl Converter<'_> {
             group.count = self.unsigned(&scope, a, i64::from(u32::MAX)).unwrap_or(1);
         }
         group.meta = self.string_map(&scope, &f, "meta", Seg::Meta);
-        self.shutdown_delay(&scope, &f);
+        group.shutdown_delay = self.shutdown_delay(&scope, &f);
         let default_policy = RestartPolicy::default_for(job_type);
         group.restart_policy = self
             .single(&scope, &f, "restart")
@@ -324,6 +324,8 @@ impl Converter<'_> {
         policy
     }
 
+    /// An `update` block. `healthy_deadline` and `stagger` must be above zero, as Nomad
+    /// requires; the other checks are [`validate`](crate::validate)'s, on the merged strategy.
     fn update(&mut self, parent: &Scope, block: &BlockRef<'_>) -> UpdateFields {
         let scope = self.unlabeled(parent, Seg::Update, "update", block);
         let f = self.fields(&scope, block, &schema::UPDATE);
@@ -338,13 +340,13 @@ impl Converter<'_> {
             u.min_healthy_time = self.duration(&scope, a);
         }
         if let Some(a) = f.attr("healthy_deadline") {
-            u.healthy_deadline = self.duration(&scope, a);
+            u.healthy_deadline = self.positive_duration(&scope, a);
         }
         if let Some(a) = f.attr("progress_deadline") {
             u.progress_deadline = self.duration(&scope, a);
         }
         if let Some(a) = f.attr("stagger") {
-            u.stagger = self.duration(&scope, a);
+            u.stagger = self.positive_duration(&scope, a);
         }
         if let Some(a) = f.attr("auto_revert") {
             u.auto_revert = self.boolean(&scope, a);

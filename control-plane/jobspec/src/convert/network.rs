@@ -145,6 +145,9 @@ impl Converter<'_> {
         if let Some(a) = f.attr("tags") {
             service.tags = self.strings(&scope, a).unwrap_or_default();
         }
+        if let Some(a) = f.attr("canary_tags") {
+            service.canary_tags = self.strings(&scope, a).unwrap_or_default();
+        }
         if let Some(a) = f.attr("provider") {
             service.provider = self.string(&scope, a).unwrap_or_default();
         }

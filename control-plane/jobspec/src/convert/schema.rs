@@ -234,7 +234,7 @@ pub(super) const TASK_NETWORK: Schema = Schema {
 };
 pub(super) const PORT: Schema = plain(&["static", "to", "host_network"]);
 pub(super) const SERVICE: Schema = Schema {
-    attrs: &["name", "port", "tags", "provider"],
+    attrs: &["name", "port", "tags", "canary_tags", "provider"],
     blocks: &["check", "check_restart", "connect"],
     outside: &[],
 };

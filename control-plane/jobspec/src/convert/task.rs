@@ -41,7 +41,7 @@ impl Converter<'_> {
         if let Some(a) = f.attr("user") {
             task.user = self.string(&scope, a).unwrap_or_default();
         }
-        self.shutdown_delay(&scope, &f);
+        task.shutdown_delay = self.shutdown_delay(&scope, &f);
         if let Some(b) = self.single(&scope, &f, "config") {
             let config = self.unlabeled(&scope, Seg::Config, "config", b);
             task.config = self.config_body(&config, b, true).into_iter().collect();

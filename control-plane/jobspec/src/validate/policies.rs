@@ -32,8 +32,10 @@ fn batch_like(job_type: &str) -> bool {
 }
 
 impl Report {
-    /// An `update` strategy of the job (`count` `None`) or of a group. Zero durations are
-    /// Nomad's defaults (a job submitted as JSON may leave them out).
+    /// An `update` strategy of the job (`count` `None`) or of a group. A zero
+    /// `healthy_deadline` or `progress_deadline` means none, as the deployment watcher reads
+    /// them (a job submitted as JSON may leave them out; the HCL converter fills in Nomad's
+    /// defaults and refuses an explicit zero `healthy_deadline`).
     pub(super) fn update(
         &mut self,
         parent: &Scope,
@@ -82,10 +84,7 @@ impl Report {
             }
         }
         if !negative {
-            if u.min_healthy_time > 0
-                && u.healthy_deadline > 0
-                && u.min_healthy_time >= u.healthy_deadline
-            {
+            if u.healthy_deadline > 0 && u.min_healthy_time >= u.healthy_deadline {
                 self.error(
                     &scope,
                     "min_healthy_time",
@@ -119,28 +118,34 @@ impl Report {
             );
         }
         if let Some(count) = count {
-            self.canaries(parent, u, count, job_type);
+            self.update_counts(parent, u, count, job_type);
         } else if job_type == JOB_TYPE_SYSTEM && u.canary > 0 {
             self.system_canaries(&scope);
         }
     }
 
-    /// The canary count of a group's update strategy against its count and job type. Called
-    /// alone for a strategy inherited unchanged from the job (checked there already).
-    pub(super) fn canaries(
+    /// A group's update strategy against its count and job type: canaries (none for system
+    /// jobs, warned when more than the count) and `max_parallel` (warned when more than the
+    /// count, as Nomad does). Called alone for a strategy inherited unchanged from the job
+    /// (checked there already).
+    pub(super) fn update_counts(
         &mut self,
         group: &Scope,
         u: &UpdateStrategy,
         count: u32,
         job_type: &str,
     ) {
-        if batch_like(job_type) || u.canary == 0 {
+        if batch_like(job_type) {
             return;
         }
         let scope = group.child(Seg::Update, "update");
         if job_type == JOB_TYPE_SYSTEM {
-            self.system_canaries(&scope);
-        } else if u.canary > count {
+            if u.canary > 0 {
+                self.system_canaries(&scope);
+            }
+            return;
+        }
+        if u.canary > count {
             self.warn(
                 &scope,
                 "canary",
@@ -150,6 +155,49 @@ impl Report {
                     u.canary, u.canary
                 ),
             );
+        }
+        if count > 1 && u.max_parallel > count {
+            self.warn(
+                &scope,
+                "max_parallel",
+                format!(
+                    "max_parallel = {} is more than the group's count ({count}): a destructive \
+                     change would replace every instance at once",
+                    u.max_parallel
+                ),
+            );
+        }
+    }
+
+    /// Nomad promotes a deployment automatically only when every group with canaries sets
+    /// `auto_promote`: warn on the groups that would hold it back.
+    pub(super) fn auto_promote_all(&mut self, job: &Scope, groups: &[TaskGroup]) {
+        let Some(promoting) = groups.iter().find(|g| {
+            g.update
+                .as_ref()
+                .is_some_and(|u| u.auto_promote && u.canary > 0)
+        }) else {
+            return;
+        };
+        for (i, g) in groups.iter().enumerate() {
+            if let Some(u) = &g.update
+                && u.canary > 0
+                && !u.auto_promote
+            {
+                let scope = job
+                    .child(Seg::Group(i), named("group", &g.name, i))
+                    .child(Seg::Update, "update");
+                self.warn(
+                    &scope,
+                    "auto_promote",
+                    format!(
+                        "auto_promote is false here but true in group {:?}: deployments are \
+                         promoted automatically only when every group with canaries sets \
+                         auto_promote = true, so they will wait for a manual promotion",
+                        promoting.name
+                    ),
+                );
+            }
         }
     }
 

@@ -29,7 +29,12 @@ fn commit(store: &MemStore, plan: &Plan) {
         .map(Op::PutAlloc)
         .collect();
     ops.extend(plan.deployment.iter().cloned().map(Op::PutDeployment));
-    ops.extend(plan.deployment_updates.iter().cloned().map(Op::PutDeployment));
+    ops.extend(
+        plan.deployment_updates
+            .iter()
+            .cloned()
+            .map(Op::PutDeployment),
+    );
     store.apply(ops).unwrap();
 }
 
@@ -65,11 +70,19 @@ fn ids(allocs: &[Allocation]) -> Vec<String> {
 /// Register, place, and finish the first deployment: `count` healthy instances of version 0.
 fn running(store: &MemStore) -> Deployment {
     let plan = run(&store.snapshot(), &eval("e0"));
-    let d = plan.deployment.clone().expect("first version rolls out under a deployment");
-    assert_eq!(d.task_groups["web"].desired_canaries, 0, "no canaries without an old version");
+    let d = plan
+        .deployment
+        .clone()
+        .expect("first version rolls out under a deployment");
+    assert_eq!(
+        d.task_groups["web"].desired_canaries, 0,
+        "no canaries without an old version"
+    );
     commit(store, &plan);
     set_healthy(store, &ids(&plan.place));
-    update_deployment(store, &d.id, |d| d.status = DEPLOYMENT_STATUS_SUCCESSFUL.into());
+    update_deployment(store, &d.id, |d| {
+        d.status = DEPLOYMENT_STATUS_SUCCESSFUL.into()
+    });
     d
 }
 
@@ -81,7 +94,10 @@ fn rolling_update_replaces_max_parallel_at_a_time() {
     new_version(&store, "2");
 
     let plan = run(&store.snapshot(), &eval("e1"));
-    let d = plan.deployment.clone().expect("a new version gets a deployment");
+    let d = plan
+        .deployment
+        .clone()
+        .expect("a new version gets a deployment");
     assert_eq!(d.job_version, 1);
     assert_eq!(plan.stop.len(), 1, "max_parallel = 1: {:?}", plan.stop);
     assert_eq!(plan.place.len(), 1);
@@ -95,7 +111,13 @@ fn rolling_update_replaces_max_parallel_at_a_time() {
     assert!(plan.deployment.is_none(), "the deployment is reused");
 
     let mut replaced = 1;
-    let mut newest = store.snapshot().allocs.values().filter(|a| a.deployment_id == d.id).map(|a| a.id.clone()).collect::<Vec<_>>();
+    let mut newest = store
+        .snapshot()
+        .allocs
+        .values()
+        .filter(|a| a.deployment_id == d.id)
+        .map(|a| a.id.clone())
+        .collect::<Vec<_>>();
     while replaced < 4 {
         set_healthy(&store, &newest);
         let plan = run(&store.snapshot(), &eval(&format!("e-{replaced}")));
@@ -126,11 +148,13 @@ fn canary_waits_for_promotion_then_takes_over_its_index() {
     commit(&store, &plan);
 
     // Healthy but not promoted: nothing moves.
-    set_healthy(&store, &[canary.id.clone()]);
+    set_healthy(&store, std::slice::from_ref(&canary.id));
     let plan = run(&store.snapshot(), &eval("e2"));
     assert!(plan.place.is_empty() && plan.stop.is_empty(), "{plan:?}");
 
-    update_deployment(&store, &d.id, |d| d.task_groups.get_mut("web").unwrap().promoted = true);
+    update_deployment(&store, &d.id, |d| {
+        d.task_groups.get_mut("web").unwrap().promoted = true
+    });
     let plan = run(&store.snapshot(), &eval("e3"));
     let replaced: Vec<&Allocation> = plan
         .stop
@@ -158,7 +182,9 @@ fn blue_green_places_a_full_set_then_stops_the_old_one_at_promotion() {
     commit(&store, &plan);
     set_healthy(&store, &ids(&plan.place));
 
-    update_deployment(&store, &d.id, |d| d.task_groups.get_mut("web").unwrap().promoted = true);
+    update_deployment(&store, &d.id, |d| {
+        d.task_groups.get_mut("web").unwrap().promoted = true
+    });
     let plan = run(&store.snapshot(), &eval("e2"));
     assert_eq!(plan.stop.len(), 2, "every blue instance stops at once");
     assert!(plan.place.is_empty());
@@ -172,7 +198,9 @@ fn a_failed_deployment_stops_rolling_and_its_canaries() {
     let plan = run(&store.snapshot(), &eval("e1"));
     let d = plan.deployment.clone().unwrap();
     commit(&store, &plan);
-    update_deployment(&store, &d.id, |d| d.status = DEPLOYMENT_STATUS_FAILED.into());
+    update_deployment(&store, &d.id, |d| {
+        d.status = DEPLOYMENT_STATUS_FAILED.into()
+    });
 
     let plan = run(&store.snapshot(), &eval("e2"));
     assert!(plan.place.is_empty(), "{:?}", plan.place);
@@ -197,7 +225,10 @@ fn a_newer_version_or_a_stop_cancels_the_running_deployment() {
     let plan = run(&store.snapshot(), &eval("e2"));
     assert_eq!(plan.deployment_updates.len(), 1);
     assert_eq!(plan.deployment_updates[0].id, d2.id);
-    assert_eq!(plan.deployment_updates[0].status, DEPLOYMENT_STATUS_CANCELLED);
+    assert_eq!(
+        plan.deployment_updates[0].status,
+        DEPLOYMENT_STATUS_CANCELLED
+    );
     assert_eq!(
         plan.deployment_updates[0].status_description,
         DEPLOYMENT_DESC_NEWER_JOB
