@@ -35,6 +35,9 @@ enum Command {
     Intention(IntentionArgs),
     /// Inspect and rotate the mesh's certificate authority.
     Ca(CaArgs),
+    /// Write, read, list and delete the mesh's L7 config entries (service-defaults,
+    /// service-router, service-splitter, service-resolver).
+    Config(ConfigArgs),
     /// The example workload: an HTTP server answering with its allocation id and node.
     DemoApp(DemoArgs),
 }
@@ -81,6 +84,7 @@ verb_args!(ServiceArgs, flotilla_cli::ServiceCmd);
 verb_args!(EvalArgs, flotilla_cli::EvalCmd);
 verb_args!(IntentionArgs, flotilla_cli::IntentionCmd);
 verb_args!(CaArgs, flotilla_cli::CaCmd);
+verb_args!(ConfigArgs, flotilla_cli::ConfigCmd);
 
 fn main() -> std::process::ExitCode {
     let args = flotilla_cli::normalize_args(std::env::args());
@@ -151,6 +155,10 @@ fn main() -> std::process::ExitCode {
             }
             Command::Ca(a) => {
                 flotilla_cli::run_ca(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd).await
+            }
+            Command::Config(a) => {
+                flotilla_cli::run_config(&flotilla_cli::Client::new(&a.connect.address)?, a.cmd)
+                    .await
             }
         }
     });

@@ -8,62 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use flotilla_types::Job;
-use serde::Serialize;
+use flotilla_types::{
+    DIFF_ADDED, DIFF_DELETED, DIFF_EDITED, DIFF_NONE, FieldDiff, GroupDiff, Job, JobDiff, TaskDiff,
+};
 use serde_json::Value;
-
-pub const DIFF_ADDED: &str = "Added";
-pub const DIFF_DELETED: &str = "Deleted";
-pub const DIFF_EDITED: &str = "Edited";
-pub const DIFF_NONE: &str = "None";
-
-/// One changed field (Nomad's `FieldDiff`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct FieldDiff {
-    /// `Added`, `Deleted` or `Edited`.
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    pub name: String,
-    pub old: String,
-    pub new: String,
-}
-
-/// Differences of one task (Nomad's `TaskDiff`, with fields flattened).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct TaskDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    pub name: String,
-    pub fields: Vec<FieldDiff>,
-}
-
-/// Differences of one task group (Nomad's `TaskGroupDiff`, with fields flattened).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct GroupDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    pub name: String,
-    pub fields: Vec<FieldDiff>,
-    pub tasks: Vec<TaskDiff>,
-    /// What the scheduler would do, in Nomad's words (`create`, `destroy`, `create/destroy
-    /// update`, `in-place update`, `canary`, `ignore`) → count. Filled by `job plan` only.
-    pub updates: BTreeMap<String, u64>,
-}
-
-/// The job diff (Nomad's `JobDiff`, with fields flattened to paths).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct JobDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub fields: Vec<FieldDiff>,
-    pub task_groups: Vec<GroupDiff>,
-}
 
 /// Flatten a JSON value into `path → scalar` pairs. Lists of named objects are keyed by name
 /// (`Tasks[server]`) so reordering is not a change.

@@ -7,9 +7,10 @@ use flotilla_types::*;
 use serde::Deserialize;
 
 use crate::ApiState;
-use crate::diff::{JobDiff, job_diff};
+use crate::diff::job_diff;
 use crate::error::{ApiError, decode};
 use crate::reads::{BlockingQuery, block, with_index};
+use flotilla_types::JobDiff;
 
 pub(crate) fn now_nanos() -> i64 {
     std::time::SystemTime::now()

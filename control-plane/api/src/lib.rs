@@ -4,7 +4,8 @@
 //! jobs (`/v1/jobs`, `/v1/job/:id`, parse and validate, versions and revert, plan with a
 //! field-level diff), deployments (`/v1/deployment…`: promote, pause, fail), allocations,
 //! nodes, evaluations, services and `/v1/status/leader`; the mesh's CA roots, rotation and
-//! intentions in Consul's shapes (`/v1/connect/…`). Reads answer from a store snapshot and support Nomad's
+//! intentions in Consul's shapes (`/v1/connect/…`), and Consul's L7 config entries
+//! (`/v1/config…`, with `?cas=`). Reads answer from a store snapshot and support Nomad's
 //! blocking queries (`?index=N&wait=5m`, with the `X-Nomad-Index` header); writes are one store
 //! transaction each (a job and its evaluation together). Errors are plain text with a 4xx status
 //! and name the field or value at fault.
@@ -12,6 +13,7 @@
 //! Node-local reads (`/v1/client/fs/logs/…`) are forwarded to the agent of the allocation's node.
 
 mod allocs;
+mod config;
 mod deployments;
 mod diff;
 mod error;
@@ -131,6 +133,12 @@ pub fn router(state: ApiState) -> Router {
                 .delete(mesh::intention_delete),
         )
         .route("/v1/connect/intentions/check", get(mesh::intention_check))
+        .route("/v1/config", axum::routing::put(config::put))
+        .route("/v1/config/{kind}", get(config::list))
+        .route(
+            "/v1/config/{kind}/{name}",
+            get(config::get).delete(config::delete),
+        )
         .fallback(error::not_found)
         .with_state(state)
 }

@@ -13,10 +13,11 @@ use flotilla_types::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ApiState;
-use crate::diff::{DIFF_NONE, JobDiff, job_diff};
+use crate::diff::job_diff;
 use crate::error::{ApiError, decode};
 use crate::jobs::{canonical_valid, check_path_id, new_id, now_nanos};
 use crate::reads::with_index;
+use flotilla_types::{DIFF_NONE, JobDiff};
 
 /// Nomad's `DesiredUpdates`.
 #[derive(Debug, Clone, Serialize, Default)]

@@ -6,9 +6,10 @@ use flotilla_types::*;
 use futures::StreamExt;
 
 use crate::client::{Client, seg};
-use crate::diff::{self, JobDiff};
+use crate::diff;
 use crate::monitor;
 use crate::table;
+use flotilla_types::JobDiff;
 
 /// `flotilla job …`
 #[derive(Debug, Subcommand)]

@@ -2,63 +2,9 @@
 //! the way Nomad's CLI does: `+` added, `-` deleted, `+/-` edited, with job → task group →
 //! task nesting.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Deserialize;
-
-/// One changed field (Nomad's `FieldDiff`).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct FieldDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    pub name: String,
-    pub old: String,
-    pub new: String,
-}
-
-/// A task's changes (Nomad's `TaskDiff`).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct TaskDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    pub name: String,
-    pub fields: Vec<FieldDiff>,
-}
-
-/// A task group's changes (Nomad's `TaskGroupDiff`).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct GroupDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    pub name: String,
-    pub fields: Vec<FieldDiff>,
-    pub tasks: Vec<TaskDiff>,
-    /// What the scheduler would do (`create`, `canary`, `ignore`, …) → count.
-    pub updates: BTreeMap<String, u64>,
-}
-
-/// A job's changes (Nomad's `JobDiff`).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct JobDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: String,
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub fields: Vec<FieldDiff>,
-    pub task_groups: Vec<GroupDiff>,
-}
-
-impl JobDiff {
-    /// Whether anything changed.
-    pub fn changed(&self) -> bool {
-        !self.diff_type.is_empty() && self.diff_type != "None"
-    }
-}
+use flotilla_types::{FieldDiff, JobDiff};
 
 fn mark(diff_type: &str) -> &'static str {
     match diff_type {

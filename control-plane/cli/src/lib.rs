@@ -10,6 +10,7 @@
 
 mod client;
 mod commands;
+mod config;
 mod deployment;
 mod diff;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub use commands::{
     AllocCmd, EvalCmd, JobCmd, NodeCmd, PeriodicCmd, ServiceCmd, VarArgs, run_alloc, run_eval,
     run_job, run_node, run_service,
 };
+pub use config::{ConfigCmd, run_config};
 pub use deployment::{DeploymentCmd, run_deployment};
 pub use mesh::{CaCmd, IntentionCmd, run_ca, run_intention};
 

@@ -91,45 +91,7 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
 }
 
 /// Formats nanoseconds the way Go prints a `time.Duration` (`1m30s`, `500ms`), for messages.
-pub(crate) fn format_duration(nanos: i64) -> String {
-    if nanos == 0 {
-        return "0s".to_string();
-    }
-    let sign = if nanos < 0 { "-" } else { "" };
-    let n = nanos.unsigned_abs();
-    if n < 1_000 {
-        return format!("{sign}{n}ns");
-    }
-    if n < 1_000_000 {
-        return format!("{sign}{}us", trim_fraction(n, 1_000));
-    }
-    if n < 1_000_000_000 {
-        return format!("{sign}{}ms", trim_fraction(n, 1_000_000));
-    }
-    let secs = n / 1_000_000_000;
-    let (h, m) = (secs / 3600, (secs % 3600) / 60);
-    let s = trim_fraction(n % 60_000_000_000, 1_000_000_000);
-    let mut out = sign.to_string();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if h > 0 || m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    out.push_str(&format!("{s}s"));
-    out
-}
-
-fn trim_fraction(n: u64, unit: u64) -> String {
-    let whole = n / unit;
-    let frac = n % unit;
-    if frac == 0 {
-        return whole.to_string();
-    }
-    let width = unit.ilog10() as usize;
-    let digits = format!("{frac:0width$}");
-    format!("{whole}.{}", digits.trim_end_matches('0'))
-}
+pub(crate) use flotilla_types::format_go_nanos as format_duration;
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,9 @@
 //!   affinities, spreads, volumes, templates, artifacts, …). It serves jobs submitted as JSON as
 //!   well; `parse` runs it on the canonicalized job and maps its findings back to the HCL
 //!   source.
+//! - [`parse_config_entry`] reads a Consul config entry (service-defaults, service-router,
+//!   service-splitter, service-resolver) from HCL or JSON, and [`validate_config_entry`] checks
+//!   one, for the CLI and the HTTP API alike.
 //! - [`parse_duration`] reads Go duration strings (`"10s"`, `"1m30s"`) into nanoseconds.
 //!
 //! Every problem is a [`Diagnostic`]: severity, file, line, column, a human path like
@@ -68,6 +71,7 @@
 //! assert_eq!(parsed.job.task_groups[0].tasks[0].config["command"], "true");
 //! ```
 
+mod config_entry;
 mod convert;
 mod diag;
 mod duration;
@@ -80,6 +84,7 @@ use std::path::PathBuf;
 
 use flotilla_types::Job;
 
+pub use config_entry::{parse_config_entry, validate_config_entry};
 pub use diag::{Diagnostic, Severity};
 pub use duration::parse_duration;
 pub use validate::validate;
@@ -135,24 +140,24 @@ pub fn parse(src: &str, filename: &str) -> Result<Parsed, ParseError> {
 /// [`validate`]. On failure every error found is returned, not just the first: problems with the
 /// variables, schema and type errors from the whole file, plus [`validate`]'s findings located
 /// at the offending HCL attribute or block. A syntax error stops parsing and is reported alone.
+/// An HCL syntax error, located: parsing stops there.
+pub(crate) fn syntax_error(filename: &str, err: &hcl_edit::parser::Error) -> ParseError {
+    let location = err.location();
+    ParseError {
+        diagnostics: vec![Diagnostic {
+            severity: Severity::Error,
+            file: filename.to_string(),
+            line: Some(location.line()),
+            column: Some(location.column()),
+            path: String::new(),
+            field: String::new(),
+            message: format!("syntax error: {}", err.message()),
+        }],
+    }
+}
+
 pub fn parse_with(src: &str, filename: &str, opts: &ParseOptions) -> Result<Parsed, ParseError> {
-    let body = match hcl_edit::parser::parse_body(src) {
-        Ok(body) => body,
-        Err(err) => {
-            let location = err.location();
-            return Err(ParseError {
-                diagnostics: vec![Diagnostic {
-                    severity: Severity::Error,
-                    file: filename.to_string(),
-                    line: Some(location.line()),
-                    column: Some(location.column()),
-                    path: String::new(),
-                    field: String::new(),
-                    message: format!("syntax error: {}", err.message()),
-                }],
-            });
-        }
-    };
+    let body = hcl_edit::parser::parse_body(src).map_err(|e| syntax_error(filename, &e))?;
 
     let resolved = vars::resolve(&body, src, filename, opts);
     let converted = convert::convert(&body, src, filename, &resolved.env);

@@ -12,11 +12,13 @@
 //! [`MemStore`] for tests and benchmarks. Highly available setups will add an etcd-backed store
 //! behind the same trait.
 
+mod config_entries;
 mod deployments;
 mod mem;
 mod redb_store;
 mod state;
 
+pub use config_entries::{config_entry_delete_conflicts, config_entry_write_conflicts};
 pub use deployments::FailedDeployment;
 pub use mem::MemStore;
 pub use redb_store::RedbStore;

@@ -16,6 +16,8 @@ const EVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("evals");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const INTENTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("intentions");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+/// Config entries, keyed by `ConfigEntry::key` (`kind/namespace/name`).
+const CONFIG_ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("config_entries");
 /// Kept job versions, keyed `<job storage key>@<version, 20 digits>`.
 const JOB_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_versions");
 
@@ -70,6 +72,7 @@ impl RedbStore {
                 MESH,
                 DEPLOYMENTS,
                 JOB_VERSIONS,
+                CONFIG_ENTRIES,
             ] {
                 txn.open_table(t).map_err(backend)?;
             }
@@ -122,6 +125,9 @@ impl RedbStore {
         })?;
         each(&txn, INTENTIONS, "intentions", |i| {
             state.load(Op::PutIntention(i))
+        })?;
+        each(&txn, CONFIG_ENTRIES, "config_entries", |e| {
+            state.load(Op::PutConfigEntry(e))
         })?;
         let mesh = txn.open_table(MESH).map_err(backend)?;
         for key in [MESH_CA, MESH_CONFIG] {
@@ -194,6 +200,7 @@ impl RedbStore {
             let mut mesh = txn.open_table(MESH).map_err(backend)?;
             let mut deployments = txn.open_table(DEPLOYMENTS).map_err(backend)?;
             let mut versions = txn.open_table(JOB_VERSIONS).map_err(backend)?;
+            let mut config_entries = txn.open_table(CONFIG_ENTRIES).map_err(backend)?;
             // Versions that were kept before and are not any more (pruned or purged).
             let dropped_versions = |key: &JobKey| -> Vec<String> {
                 let kept_now = next.job_versions.get(key);
@@ -274,6 +281,14 @@ impl RedbStore {
                         deployments
                             .insert(d.id.as_str(), encode(d)?.as_slice())
                             .map_err(backend)?;
+                    }
+                    Op::PutConfigEntry(e) => {
+                        config_entries
+                            .insert(e.key().as_str(), encode(e)?.as_slice())
+                            .map_err(backend)?;
+                    }
+                    Op::DeleteConfigEntry(key) => {
+                        config_entries.remove(key.as_str()).map_err(backend)?;
                     }
                 }
             }
@@ -418,6 +433,52 @@ mod tests {
             IntentionAction::Deny
         );
         assert_eq!(snap.mesh.default_intention, IntentionAction::Deny);
+    }
+
+    #[test]
+    fn config_entries_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = |protocol: &str| {
+            ConfigEntry::ServiceDefaults(ServiceDefaults {
+                name: "web".into(),
+                protocol: protocol.into(),
+                ..Default::default()
+            })
+        };
+        let resolver = ConfigEntry::ServiceResolver(ServiceResolver {
+            name: "web".into(),
+            connect_timeout: Some(std::time::Duration::from_secs(5)),
+            ..Default::default()
+        });
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            s.apply(vec![Op::PutConfigEntry(defaults("tcp"))]).unwrap();
+            s.apply(vec![
+                Op::PutConfigEntry(defaults("http")),
+                Op::PutConfigEntry(resolver.clone()),
+            ])
+            .unwrap();
+            s.apply(vec![Op::DeleteConfigEntry(resolver.key())])
+                .unwrap();
+        }
+        let snap = RedbStore::open(dir.path()).unwrap().snapshot();
+        let d = snap
+            .config_entry(KIND_SERVICE_DEFAULTS, "default", "web")
+            .unwrap();
+        assert_eq!((d.create_index(), d.modify_index()), (1, 2));
+        let ConfigEntry::ServiceDefaults(sd) = &**d else {
+            panic!("not defaults")
+        };
+        assert_eq!(sd.protocol, "http");
+        assert!(
+            snap.config_entry(KIND_SERVICE_RESOLVER, "default", "web")
+                .is_none()
+        );
+        assert_eq!(
+            snap.config_entries_of_kind(KIND_SERVICE_DEFAULTS).count(),
+            1
+        );
+        assert_eq!(snap.config_entries_of_kind(KIND_SERVICE_ROUTER).count(), 0);
     }
 
     #[test]

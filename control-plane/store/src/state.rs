@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use flotilla_types::{
-    Allocation, CaState, Deployment, Evaluation, Intention, Job, MeshConfig, Node,
+    Allocation, CaState, ConfigEntry, Deployment, Evaluation, Intention, Job, MeshConfig, Node,
     ServiceRegistration,
 };
 use imbl::{OrdMap, OrdSet};
@@ -53,6 +53,10 @@ pub enum Op {
     PutMeshConfig(MeshConfig),
     /// Creates or replaces a deployment.
     PutDeployment(Deployment),
+    /// Creates or replaces the config entry at its [`ConfigEntry::key`] (indexes stamped).
+    PutConfigEntry(ConfigEntry),
+    /// Deletes the config entry with this [`ConfigEntry::key`].
+    DeleteConfigEntry(String),
 }
 
 /// Versions of a job kept for `job history` and `job revert` (Nomad's `JobTrackedVersions`).
@@ -76,6 +80,8 @@ pub struct State {
     pub deployments: OrdMap<String, Arc<Deployment>>,
     /// The last [`JOB_TRACKED_VERSIONS`] versions of each job, by version.
     pub job_versions: OrdMap<JobKey, OrdMap<u64, Arc<Job>>>,
+    /// Consul config entries by [`ConfigEntry::key`] (`kind/namespace/name`).
+    pub config_entries: OrdMap<String, Arc<ConfigEntry>>,
     allocs_by_node: OrdMap<String, OrdSet<String>>,
     allocs_by_job: OrdMap<JobKey, OrdSet<String>>,
     services_by_alloc: OrdMap<String, OrdSet<String>>,
@@ -116,6 +122,29 @@ impl State {
         self.job_versions
             .get(&JobKey::new(namespace, id))?
             .get(&version)
+    }
+
+    /// The config entry of this kind for this service.
+    pub fn config_entry(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&Arc<ConfigEntry>> {
+        self.config_entries
+            .get(&ConfigEntry::key_of(kind, namespace, name))
+    }
+
+    /// Every config entry of one kind, by namespace and name.
+    pub fn config_entries_of_kind<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<ConfigEntry>> {
+        let prefix = format!("{kind}/");
+        self.config_entries
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v)
     }
 
     pub fn deployment(&self, id: &str) -> Option<&Arc<Deployment>> {
@@ -440,6 +469,19 @@ impl State {
                 stamp(&mut d.create_index, &mut d.modify_index, old, index);
                 self.deployments.insert(d.id.clone(), Arc::new(d.clone()));
                 Op::PutDeployment(d)
+            }
+            Op::PutConfigEntry(mut entry) => {
+                let key = entry.key();
+                let old = self.config_entries.get(&key).map(|e| e.create_index());
+                let (mut create, mut modify) = (entry.create_index(), entry.modify_index());
+                stamp(&mut create, &mut modify, old, index);
+                entry.set_indexes(create, modify);
+                self.config_entries.insert(key, Arc::new(entry.clone()));
+                Op::PutConfigEntry(entry)
+            }
+            Op::DeleteConfigEntry(key) => {
+                self.config_entries.remove(&key);
+                Op::DeleteConfigEntry(key)
             }
         }
     }

@@ -4,13 +4,16 @@
 //! names, durations as integer nanoseconds), so existing Nomad clients and scripts can read and
 //! write them. The main types are [`Job`] (what an operator submits), [`Allocation`] (one placed
 //! instance of a task group on a node), [`Node`], [`Evaluation`] (a unit of scheduler work) and
-//! [`ServiceRegistration`] (one instance of a service in the catalog).
+//! [`ServiceRegistration`] (one instance of a service in the catalog). Consul's L7 config
+//! entries ([`ConfigEntry`]) keep Consul's JSON shape instead, Go duration strings included.
 //!
 //! This crate sits at the bottom of the dependency graph: it holds data and small pure helpers
 //! only, no I/O.
 
 mod alloc;
+mod config_entry;
 mod deployment;
+mod diff;
 mod eval;
 mod job;
 mod mesh;
@@ -19,7 +22,9 @@ mod policy;
 mod service;
 
 pub use alloc::*;
+pub use config_entry::*;
 pub use deployment::*;
+pub use diff::*;
 pub use eval::*;
 pub use job::*;
 pub use mesh::*;

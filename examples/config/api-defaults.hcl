@@ -1,0 +1,4 @@
+# Routers and splitters need an L7 protocol.
+Kind     = "service-defaults"
+Name     = "api"
+Protocol = "http"
