@@ -203,12 +203,7 @@ pub(crate) fn promotable_groups(
         .iter()
         .filter_map(|g| {
             let s = d.task_groups.get(g)?;
-            let healthy = s
-                .placed_canaries
-                .iter()
-                .filter_map(|id| state.allocs.get(id))
-                .filter(|a| !a.terminal() && a.deployment_health() == Some(true))
-                .count();
+            let healthy = state.healthy_canaries(s);
             (healthy < s.desired_canaries as usize).then(|| {
                 format!(
                     "task group \"{g}\" has {healthy}/{} healthy canaries",

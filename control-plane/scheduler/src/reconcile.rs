@@ -460,24 +460,19 @@ fn plan_rollout(
         let indexes = by_group.get(group.name.as_str());
         let mut filled = 0u32;
         for index in 0..group.count {
-            let running: Vec<&&Arc<Allocation>> = indexes
+            let changes: Vec<Option<bool>> = indexes
                 .and_then(|m| m.get(&index))
                 .into_iter()
                 .flatten()
                 .filter(|a| !a.terminal())
+                .map(|a| version_change(a, job, group))
                 .collect();
-            if running.is_empty() {
+            if changes.is_empty() {
                 continue;
             }
             filled += 1;
-            let current = running
-                .iter()
-                .any(|a| version_change(a, job, group).is_none());
-            if !current
-                && running
-                    .iter()
-                    .any(|a| version_change(a, job, group) == Some(true))
-            {
+            // Outdated: nothing of the current version here, something needing a replacement.
+            if !changes.contains(&None) && changes.contains(&Some(true)) {
                 *outdated.entry(group.name.as_str()).or_default() += 1;
             }
         }

@@ -19,7 +19,7 @@
 //! Every pass is a read-modify-write ([`Store::apply_with`]), so an operator's promote, pause or
 //! fail in between is never overwritten.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +62,7 @@ pub fn review(
     mut new_id: impl FnMut() -> String,
 ) -> Vec<Op> {
     let mut ops = Vec::new();
-    let mut watched: Vec<String> = Vec::new();
+    let mut watched: HashSet<String> = HashSet::new();
     for d in state.deployments.values().filter(|d| d.active()) {
         let Some(job) = state.job(&d.namespace, &d.job_id) else {
             continue;
@@ -88,26 +88,29 @@ fn review_one(
     clock: &mut HealthClock,
     now: i64,
     new_id: &mut impl FnMut() -> String,
-    watched: &mut Vec<String>,
+    watched: &mut HashSet<String>,
 ) -> Vec<Op> {
     let mut ops = Vec::new();
     let mut next = d.clone();
     let mut progressed = false;
     let mut unhealthy = false;
-    let allocs: Vec<Allocation> = state
-        .allocs_by_job(&d.namespace, &d.job_id)
-        .filter(|a| a.deployment_id == d.id)
-        .map(|a| (**a).clone())
-        .collect();
     for g in next.task_groups.values_mut() {
         g.placed_allocs = 0;
         g.healthy_allocs = 0;
         g.unhealthy_allocs = 0;
         g.placed_canaries.clear();
     }
-    for mut a in allocs {
-        if let Some(verdict) = judge(state, &a, clock, now, watched) {
-            let status = a.deployment_status.get_or_insert_with(Default::default);
+    let allocs = state
+        .allocs_by_job(&d.namespace, &d.job_id)
+        .filter(|a| a.deployment_id == d.id);
+    for a in allocs {
+        // Copied only when a verdict is written.
+        let verdict = judge(state, a, clock, now, watched);
+        if let Some(verdict) = verdict {
+            let mut judged = (**a).clone();
+            let status = judged
+                .deployment_status
+                .get_or_insert_with(Default::default);
             status.healthy = Some(verdict);
             status.timestamp = now;
             if verdict {
@@ -116,8 +119,8 @@ fn review_one(
                 unhealthy = true;
                 info!(alloc = %a.id, deployment = %d.id, "deployment: allocation unhealthy");
             }
-            a.modify_time = now;
-            ops.push(Op::PutAlloc(a.clone()));
+            judged.modify_time = now;
+            ops.push(Op::PutAlloc(judged));
         }
         let Some(g) = next.task_groups.get_mut(&a.task_group) else {
             continue;
@@ -126,7 +129,7 @@ fn review_one(
         if a.is_canary() {
             g.placed_canaries.push(a.id.clone());
         }
-        match a.deployment_health() {
+        match verdict.or(a.deployment_health()) {
             Some(true) if !a.desired_terminal() => g.healthy_allocs += 1,
             Some(false) => g.unhealthy_allocs += 1,
             _ => {}
@@ -235,13 +238,7 @@ fn group_done(g: &DeploymentState) -> bool {
 
 /// Every canary the group wants is placed and healthy.
 fn canaries_healthy(state: &State, g: &DeploymentState) -> bool {
-    let healthy = g
-        .placed_canaries
-        .iter()
-        .filter_map(|id| state.alloc(id))
-        .filter(|a| !a.terminal() && a.deployment_health() == Some(true))
-        .count();
-    healthy >= g.desired_canaries as usize
+    state.healthy_canaries(g) >= g.desired_canaries as usize
 }
 
 /// The verdict on `a` reached at `now`, if one is due: `Some(true)` healthy, `Some(false)`
@@ -251,7 +248,7 @@ fn judge(
     a: &Allocation,
     clock: &mut HealthClock,
     now: i64,
-    watched: &mut Vec<String>,
+    watched: &mut HashSet<String>,
 ) -> Option<bool> {
     if a.deployment_health().is_some() || a.desired_terminal() {
         return None;
@@ -264,7 +261,7 @@ fn judge(
     if a.client_status == ALLOC_CLIENT_FAILED || a.client_status == ALLOC_CLIENT_LOST {
         return Some(false);
     }
-    watched.push(a.id.clone());
+    watched.insert(a.id.clone());
     let tasks_running = a.client_status == ALLOC_CLIENT_RUNNING
         && group.tasks.iter().all(|t| {
             a.task_states

@@ -30,6 +30,15 @@ impl State {
                 .is_none_or(|d| d.awaiting_promotion(&a.task_group))
     }
 
+    /// How many of a deployment group's placed canaries are live and judged healthy.
+    pub fn healthy_canaries(&self, g: &flotilla_types::DeploymentState) -> usize {
+        g.placed_canaries
+            .iter()
+            .filter_map(|id| self.alloc(id))
+            .filter(|a| !a.terminal() && a.deployment_health() == Some(true))
+            .count()
+    }
+
     /// The newest stable version of a job older than its current version.
     pub fn latest_stable_version(&self, namespace: &str, id: &str) -> Option<&Arc<Job>> {
         let current = self.job(namespace, id)?.version;

@@ -84,6 +84,8 @@ pub struct State {
     pub config_entries: OrdMap<String, Arc<ConfigEntry>>,
     allocs_by_node: OrdMap<String, OrdSet<String>>,
     allocs_by_job: OrdMap<JobKey, OrdSet<String>>,
+    /// Deployment ids of each job, by (create index, id): oldest first.
+    deployments_by_job: OrdMap<JobKey, OrdSet<(u64, String)>>,
     services_by_alloc: OrdMap<String, OrdSet<String>>,
     pending_evals: OrdSet<(u64, String)>,
 }
@@ -153,21 +155,24 @@ impl State {
 
     /// A job's deployments, newest first.
     pub fn deployments_by_job(&self, namespace: &str, job_id: &str) -> Vec<&Arc<Deployment>> {
-        let mut out: Vec<&Arc<Deployment>> = self
-            .deployments
-            .values()
-            .filter(|d| d.namespace == namespace && d.job_id == job_id)
-            .collect();
-        out.sort_by(|a, b| (b.create_index, &b.id).cmp(&(a.create_index, &a.id)));
-        out
+        self.job_deployments(namespace, job_id).collect()
     }
 
     /// The job's newest deployment.
     pub fn latest_deployment(&self, namespace: &str, job_id: &str) -> Option<&Arc<Deployment>> {
-        self.deployments
-            .values()
-            .filter(|d| d.namespace == namespace && d.job_id == job_id)
-            .max_by(|a, b| (a.create_index, &a.id).cmp(&(b.create_index, &b.id)))
+        self.job_deployments(namespace, job_id).next()
+    }
+
+    fn job_deployments<'a>(
+        &'a self,
+        namespace: &str,
+        job_id: &str,
+    ) -> impl Iterator<Item = &'a Arc<Deployment>> {
+        self.deployments_by_job
+            .get(&JobKey::new(namespace, job_id))
+            .into_iter()
+            .flat_map(|ids| ids.iter().rev())
+            .filter_map(|(_, id)| self.deployments.get(id))
     }
 
     /// Allocations placed on a node, terminal ones included.
@@ -467,6 +472,14 @@ impl State {
             Op::PutDeployment(mut d) => {
                 let old = self.deployments.get(&d.id).map(|d| d.create_index);
                 stamp(&mut d.create_index, &mut d.modify_index, old, index);
+                let ids = self
+                    .deployments_by_job
+                    .entry(JobKey::new(&d.namespace, &d.job_id))
+                    .or_default();
+                if let Some(old) = old {
+                    ids.remove(&(old, d.id.clone()));
+                }
+                ids.insert((d.create_index, d.id.clone()));
                 self.deployments.insert(d.id.clone(), Arc::new(d.clone()));
                 Op::PutDeployment(d)
             }
