@@ -72,6 +72,7 @@ pub fn resources_for_node(state: &State, node_id: &str) -> Resources {
             proxy_addr: node.map(|n| n.proxy_addr.clone()).unwrap_or_default(),
             healthy: reg.healthy() && node_ready,
             alloc_id: reg.alloc_id.clone(),
+            ..Default::default()
         });
     }
     let clusters = clusters
@@ -84,6 +85,7 @@ pub fn resources_for_node(state: &State, node_id: &str) -> Resources {
                     name,
                     namespace,
                     endpoints,
+                    ..Default::default()
                 })),
             }
         })

@@ -373,6 +373,7 @@ mod tests {
             healthy,
             alloc_id: String::new(),
             identity: None,
+            weight: 1,
         }
     }
 
@@ -394,14 +395,13 @@ mod tests {
         assert!(!h.is_ready());
         h.apply_clusters(
             "c1",
-            vec![Cluster {
-                name: "s".into(),
-                namespace: String::new(),
-                endpoints: vec![
+            vec![Cluster::new(
+                "s",
+                vec![
                     ep("127.0.0.1:1", true, true),
                     ep("10.0.0.1:1", false, false),
                 ],
-            }],
+            )],
         );
         assert!(!h.is_ready());
         h.apply_routes("r1", vec![route("", "/", "s")]);

@@ -604,10 +604,9 @@ async fn config_can_be_applied_without_a_server() {
     let server = format!("http://{}", dead_addr().await);
     let proxy = TestProxy::start("n1", server).await;
     let b = echo_backend("direct").await;
-    let clusters = vec![flotilla_proxy::config::Cluster {
-        name: "hello".into(),
-        namespace: String::new(),
-        endpoints: vec![flotilla_proxy::config::Endpoint {
+    let clusters = vec![flotilla_proxy::config::Cluster::new(
+        "hello",
+        vec![flotilla_proxy::config::Endpoint {
             address: b.addr,
             node_id: "n1".into(),
             local: true,
@@ -615,8 +614,9 @@ async fn config_can_be_applied_without_a_server() {
             healthy: true,
             alloc_id: String::new(),
             identity: None,
+            weight: 1,
         }],
-    }];
+    )];
     proxy.config.apply_clusters("t1", clusters);
     // Nothing applied yet denies (fail closed); allow the ingress.
     let r = get(proxy.ingress, "hello.service.flotilla", "/").await;

@@ -559,6 +559,7 @@ pub fn local(addr: SocketAddr, healthy: bool) -> Endpoint {
         healthy,
         alloc_id: format!("alloc-{}", addr.port()),
         identity: String::new(),
+        ..Default::default()
     }
 }
 
@@ -572,6 +573,7 @@ pub fn remote(addr: SocketAddr, proxy: SocketAddr) -> Endpoint {
         healthy: true,
         alloc_id: format!("alloc-{}", addr.port()),
         identity: String::new(),
+        ..Default::default()
     }
 }
 
@@ -592,6 +594,7 @@ pub fn cluster(name: &str, endpoints: Vec<Endpoint>) -> Resource {
             name: name.into(),
             namespace: "default".into(),
             endpoints,
+            ..Default::default()
         })),
     }
 }

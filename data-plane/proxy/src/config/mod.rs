@@ -15,6 +15,13 @@ use serde_json::{Value, json};
 
 use crate::tls::{SpiffeId, Trust};
 
+mod policy;
+
+pub use policy::{
+    CircuitBreakers, ClusterPolicy, HashPolicy, HashSource, LbPolicy, OutlierDetection, Protocol,
+    RateLimit,
+};
+
 /// One instance of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -33,6 +40,8 @@ pub struct Endpoint {
     pub alloc_id: String,
     /// The identity its node's proxy presents for it (checked on every mesh connection).
     pub identity: Option<SpiffeId>,
+    /// Relative load-balancing weight, at least 1.
+    pub weight: u32,
 }
 
 impl Endpoint {
@@ -60,6 +69,7 @@ impl Endpoint {
             "healthy": self.healthy,
             "alloc_id": self.alloc_id,
             "identity": self.identity.as_ref().map(ToString::to_string),
+            "weight": self.weight,
         })
     }
 }
@@ -90,22 +100,67 @@ impl fmt::Display for Target {
     }
 }
 
-/// A service and its instances.
+/// A service (or one resolver subset of it) and its instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
-    /// The service name.
+    /// The service name, or `<subset>.<service>`.
     pub name: String,
     /// Its namespace (informational for now).
     pub namespace: String,
+    /// The service the endpoints belong to.
+    pub service: String,
+    /// The resolver subset; empty for the whole service.
+    pub subset: String,
     /// All instances, healthy or not, in the order the server sent them.
     pub endpoints: Vec<Endpoint>,
+    /// How endpoints are picked and protected.
+    pub policy: ClusterPolicy,
 }
 
 impl Cluster {
+    /// A plain TCP cluster of `name` with default policy.
+    pub fn new(name: impl Into<String>, endpoints: Vec<Endpoint>) -> Self {
+        let name = name.into();
+        Cluster {
+            service: name.clone(),
+            name,
+            namespace: String::new(),
+            subset: String::new(),
+            endpoints,
+            policy: ClusterPolicy::default(),
+        }
+    }
+
     pub(crate) fn to_json(&self) -> Value {
+        let p = &self.policy;
         json!({
             "name": self.name,
             "namespace": self.namespace,
+            "service": self.service,
+            "subset": self.subset,
+            "protocol": p.protocol.as_str(),
+            "load_balancer": p.lb_policy.as_str(),
+            "hash_policies": p.hash_policies.len(),
+            "connect_timeout_ms": p.connect_timeout.map(|d| d.as_millis() as u64),
+            "request_timeout_ms": p.request_timeout.map(|d| d.as_millis() as u64),
+            "circuit_breakers": {
+                "max_connections": p.circuit_breakers.max_connections,
+                "max_pending_requests": p.circuit_breakers.max_pending_requests,
+                "max_concurrent_requests": p.circuit_breakers.max_concurrent_requests,
+                "max_retries": p.circuit_breakers.max_retries,
+            },
+            "outlier_detection": p.outlier_detection.map(|o| json!({
+                "consecutive_5xx": o.consecutive_5xx,
+                "interval_ms": o.interval.as_millis() as u64,
+                "base_ejection_time_ms": o.base_ejection_time.as_millis() as u64,
+                "max_ejection_percent": o.max_ejection_percent,
+                "enforcing_consecutive_5xx": o.enforcing_consecutive_5xx,
+            })),
+            "rate_limit": p.rate_limit.map(|r| json!({
+                "requests_per_second": r.requests_per_second,
+                "burst": r.burst,
+            })),
+            "failover": p.failover,
             "endpoints": self.endpoints.iter().map(Endpoint::to_json).collect::<Vec<_>>(),
         })
     }
@@ -147,6 +202,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::Listener(_) => "Listener",
         Kind::TrustBundle(_) => "TrustBundle",
         Kind::Authorization(_) => "Authorization",
+        Kind::ServiceRoutes(_) => "ServiceRoutes",
     }
 }
 
@@ -236,12 +292,22 @@ pub fn parse_clusters(resources: &[pb::Resource]) -> Result<Vec<Cluster>, Config
                 healthy: ep.healthy,
                 alloc_id: ep.alloc_id.clone(),
                 identity,
+                weight: ep.weight.max(1),
             });
         }
+        let policy = policy::parse_policy(cluster)
+            .map_err(|(field, problem)| err(&name, &field, problem))?;
         clusters.push(Cluster {
+            service: if cluster.service.is_empty() {
+                name.clone()
+            } else {
+                cluster.service.clone()
+            },
+            subset: cluster.subset.clone(),
             name,
             namespace: cluster.namespace.clone(),
             endpoints,
+            policy,
         });
     }
     Ok(clusters)
@@ -620,6 +686,7 @@ mod tests {
                 name: name.into(),
                 namespace: "default".into(),
                 endpoints,
+                ..Default::default()
             })),
         }
     }
@@ -633,6 +700,7 @@ mod tests {
             healthy: true,
             alloc_id: "a1".into(),
             identity: String::new(),
+            weight: 0,
         }
     }
 
