@@ -37,6 +37,10 @@ pub struct AgentArgs {
     /// Port of the proxy's admin listener (/ready, /config_dump) on the node's address.
     #[arg(long, default_value_t = 19000)]
     pub admin_port: u16,
+    /// Write the proxy's access log (JSON lines, Envoy's fields) to this file, or `-` for
+    /// standard output. Default: no access log.
+    #[arg(long, value_name = "PATH")]
+    pub proxy_access_log: Option<std::path::PathBuf>,
     /// Port of the agent's HTTP endpoint (logs); 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     pub http_port: u16,
@@ -95,6 +99,19 @@ pub async fn start(
     })
     .await
     .context("starting the node proxy")?;
+    let proxy = match &args.proxy_access_log {
+        None => proxy,
+        Some(path) => {
+            let target = if path.as_os_str() == "-" {
+                flotilla_proxy::access_log::AccessLogTarget::Stdout
+            } else {
+                flotilla_proxy::access_log::AccessLogTarget::File(path.clone())
+            };
+            let log = flotilla_proxy::access_log::AccessLog::open(target)
+                .with_context(|| format!("--proxy-access-log {}", path.display()))?;
+            proxy.with_access_log(log)
+        }
+    };
     let inbound = proxy.inbound_addr();
     let ingress = proxy.ingress_addr();
     let admin = proxy.admin_addr();
@@ -134,7 +151,7 @@ pub async fn start(
         datacenter: args.datacenter.clone(),
     };
     let handle = tokio::spawn(async move {
-        let proxy_task = proxy.run(node, server, crate::signals::wait(shutdown.clone()));
+        let proxy_task = proxy.run(node, Some(server), crate::signals::wait(shutdown.clone()));
         let agent_task = agent.run(crate::signals::wait(shutdown));
         let (p, a) = tokio::join!(proxy_task, agent_task);
         p.context("node proxy")?;

@@ -76,6 +76,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ingress_port: args.ingress_port,
         inbound_port: args.inbound_port,
         admin_port: args.admin_port,
+        proxy_access_log: None,
         http_port: 0,
         cpu: None,
         memory: None,

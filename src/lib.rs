@@ -3,6 +3,7 @@
 //! - [`server`]: the control plane (state store, scheduler loops, agent gRPC, discovery gRPC,
 //!   HTTP API).
 //! - [`agent`]: a node (the node agent plus the node proxy it hosts).
+//! - [`proxy`]: the node proxy alone, with static config from a bootstrap file.
 //! - [`dev`]: both in one process, talking over their real protocols on loopback, with jobs
 //!   submitted at start.
 //!
@@ -11,6 +12,7 @@
 
 pub mod agent;
 pub mod dev;
+pub mod proxy;
 pub mod server;
 pub mod signals;
 

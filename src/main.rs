@@ -1,7 +1,7 @@
 //! `flotilla`: parse the command line and hand over to the library.
 
 use clap::{Parser, Subcommand};
-use flotilla::{agent, dev, server};
+use flotilla::{agent, dev, proxy, server};
 
 /// Flotilla: a container orchestrator with a built-in service mesh.
 #[derive(Debug, Parser)]
@@ -17,6 +17,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Run a node: the agent that runs allocations, and its node proxy.
     Agent(agent::AgentArgs),
+    /// Run a node proxy alone, with static config from a bootstrap file.
+    Proxy(proxy::ProxyArgs),
     /// Run a one-process dev cluster, optionally with jobs.
     Dev(dev::DevArgs),
     /// Submit, inspect, stop and revert jobs.
@@ -38,7 +40,15 @@ enum Command {
     /// Write, read, list and delete the mesh's L7 config entries (service-defaults,
     /// service-router, service-splitter, service-resolver).
     Config(ConfigArgs),
-    /// The example workload: an HTTP server answering with its allocation id and node.
+    /// The example workload: an HTTP, WebSocket and gRPC server answering with its allocation
+    /// id and node.
+    ///
+    /// Endpoints (one port, HTTP/1.1 and h2c): `GET /health` (the check); `POST /echo` (the
+    /// body back); `GET /upstream/NAME/PATH` (calls PATH on a Connect upstream);
+    /// `/fail-once/KEY` (503 the first time KEY is asked for, 200 after); `GET /ws` (WebSocket
+    /// echo, first sending `hello from ALLOC_ID`); gRPC `flotilla.demo.v1.Echo` (`Say`,
+    /// `Count`, `Chat`) for requests with `content-type: application/grpc`; any other path
+    /// answers `hello from allocation ALLOC_ID on node NODE`.
     DemoApp(DemoArgs),
 }
 
@@ -63,6 +73,10 @@ struct DemoArgs {
     /// `GET /health` always answers 500 (a broken release, for failed deployments).
     #[arg(long)]
     unhealthy: bool,
+    /// Every request but `GET /health` answers this HTTP status (200-599, e.g. 500), gRPC and
+    /// WebSocket included: a broken instance whose health check passes (outlier detection).
+    #[arg(long, env = "DEMO_FAIL_STATUS", value_parser = flotilla_demo_app::parse_fail_status)]
+    fail_status: Option<flotilla_demo_app::StatusCode>,
 }
 
 macro_rules! verb_args {
@@ -89,10 +103,14 @@ verb_args!(ConfigArgs, flotilla_cli::ConfigCmd);
 fn main() -> std::process::ExitCode {
     let args = flotilla_cli::normalize_args(std::env::args());
     let cli = Cli::parse_from(args);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Proxy(proxy::ProxyArgs {
+        workers: Some(n), ..
+    }) = &cli.command
     {
+        builder.worker_threads(usize::from(*n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("flotilla: cannot start the async runtime: {e}");
@@ -109,6 +127,10 @@ fn main() -> std::process::ExitCode {
                 flotilla::init_logging("info");
                 agent::run(a).await.map(|_| 0)
             }
+            Command::Proxy(a) => {
+                flotilla::init_logging("info");
+                proxy::run(a).await.map(|_| 0)
+            }
             Command::Dev(a) => {
                 flotilla::init_logging("warn");
                 dev::run(a).await.map(|_| 0)
@@ -122,6 +144,7 @@ fn main() -> std::process::ExitCode {
                         version: a.app_version,
                         healthy_after: a.healthy_after,
                         unhealthy: a.unhealthy,
+                        fail_status: a.fail_status,
                         ..flotilla_demo_app::Config::default()
                     },
                 )

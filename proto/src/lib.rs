@@ -1,9 +1,10 @@
 //! Protobuf messages and gRPC services between the server, node agents and node proxies.
 //!
 //! Generated code only: `agent::v1` (node registration, heartbeats, allocation watch and status)
-//! `discovery::v1` (the xDS-style resource stream to node proxies) and `ca::v1` (workload
-//! certificate signing). The `.proto` files next
-//! to this crate are the source of truth.
+//! `discovery::v1` (the xDS-style resource stream to node proxies), `ca::v1` (workload
+//! certificate signing) and `demo::v1` (the example workload's echo service, for end-to-end
+//! tests of the proxy's gRPC paths). The `.proto` files next to this crate are the source of
+//! truth.
 
 #![allow(clippy::all, missing_docs)] // generated code: lints apply to what we write, not to prost's output
 
@@ -16,6 +17,12 @@ pub mod agent {
 pub mod ca {
     pub mod v1 {
         tonic::include_proto!("flotilla.ca.v1");
+    }
+}
+
+pub mod demo {
+    pub mod v1 {
+        tonic::include_proto!("flotilla.demo.v1");
     }
 }
 

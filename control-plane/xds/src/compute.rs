@@ -5,6 +5,8 @@ use flotilla_proto::discovery::v1::{
     resource::Kind,
 };
 use flotilla_store::State;
+
+use crate::chain::{Entries, Target};
 use flotilla_types::{NODE_STATUS_READY, spiffe_id};
 
 /// The resources of each type for one node, in a stable order.
@@ -32,18 +34,23 @@ pub fn routes_from_tags(tags: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An endpoint and its catalog tags (for resolver subset filters).
+type Instance<'a> = (Endpoint, &'a [String]);
+
 /// Everything node `node_id`'s proxy needs, from `state`.
 ///
 /// Clusters exist for every service some job declares (stopped jobs included, so their routes
-/// answer 503 rather than 404); endpoints come from the catalog, healthy only when their checks
-/// pass and their node is ready.
+/// answer 503 rather than 404) and for every resolver subset or failover target some route
+/// reaches; endpoints come from the catalog, healthy only when their checks pass and their node
+/// is ready. Services with an HTTP protocol also get their compiled route table
+/// ([`chain::Entries::routes`]) in the Route response.
 pub fn resources_for_node(state: &State, node_id: &str) -> Resources {
-    let mut clusters: BTreeMap<(String, String), Vec<Endpoint>> = BTreeMap::new();
+    let mut services: BTreeMap<(String, String), Vec<Instance<'_>>> = BTreeMap::new();
     let mut routes: BTreeSet<(String, String, String)> = BTreeSet::new();
     for job in state.jobs.values() {
         for group in &job.task_groups {
             for svc in group.all_services() {
-                clusters
+                services
                     .entry((svc.name.clone(), job.namespace.clone()))
                     .or_default();
                 for (host, path) in routes_from_tags(&svc.tags) {
@@ -54,7 +61,7 @@ pub fn resources_for_node(state: &State, node_id: &str) -> Resources {
     }
     let trust_domain = state.ca.as_ref().map(|ca| ca.trust_domain.as_str());
     for reg in state.services.values() {
-        let Some(endpoints) = clusters.get_mut(&(reg.service_name.clone(), reg.namespace.clone()))
+        let Some(endpoints) = services.get_mut(&(reg.service_name.clone(), reg.namespace.clone()))
         else {
             continue;
         };
@@ -64,33 +71,84 @@ pub fn resources_for_node(state: &State, node_id: &str) -> Resources {
             (Some(td), Some(n)) => spiffe_id(td, &reg.namespace, &n.datacenter, &reg.service_name),
             _ => String::new(),
         };
-        endpoints.push(Endpoint {
-            identity,
-            address: format!("{}:{}", reg.address, reg.port),
-            node_id: reg.node_id.clone(),
-            local: reg.node_id == node_id,
-            proxy_addr: node.map(|n| n.proxy_addr.clone()).unwrap_or_default(),
-            healthy: reg.healthy() && node_ready,
-            alloc_id: reg.alloc_id.clone(),
-            ..Default::default()
-        });
+        endpoints.push((
+            Endpoint {
+                identity,
+                address: format!("{}:{}", reg.address, reg.port),
+                node_id: reg.node_id.clone(),
+                local: reg.node_id == node_id,
+                proxy_addr: node.map(|n| n.proxy_addr.clone()).unwrap_or_default(),
+                healthy: reg.healthy() && node_ready,
+                alloc_id: reg.alloc_id.clone(),
+                weight: 1,
+            },
+            &reg.tags,
+        ));
     }
-    let clusters = clusters
+    for endpoints in services.values_mut() {
+        endpoints.sort_by(|a, b| a.0.address.cmp(&b.0.address));
+    }
+
+    // Route tables, and every (service, subset) a route or a failover reaches.
+    let mut targets: BTreeSet<(String, Target)> = BTreeSet::new();
+    let mut tables = Vec::new();
+    for (name, namespace) in services.keys() {
+        let entries = Entries::new(state, namespace);
+        let mut reached = BTreeSet::new();
+        reached.insert(Target {
+            service: name.clone(),
+            subset: String::new(),
+        });
+        if let Some(table) = entries.routes(name, &mut reached) {
+            tables.push(table);
+        }
+        targets.extend(reached.into_iter().map(|t| (namespace.clone(), t)));
+    }
+    let mut pending: Vec<(String, Target)> = targets.iter().cloned().collect();
+    while let Some((namespace, t)) = pending.pop() {
+        for f in Entries::new(state, &namespace).failover_targets(&t.service, &t.subset) {
+            if targets.insert((namespace.clone(), f.clone())) {
+                pending.push((namespace.clone(), f));
+            }
+        }
+    }
+
+    let no_endpoints = Vec::new();
+    let clusters = targets
         .into_iter()
-        .map(|((name, namespace), mut endpoints)| {
-            endpoints.sort_by(|a, b| a.address.cmp(&b.address));
-            Resource {
+        .map(|(namespace, target)| {
+            let entries = Entries::new(state, &namespace);
+            let all = services
+                .get(&(target.service.clone(), namespace.clone()))
+                .unwrap_or(&no_endpoints);
+            let endpoints = match entries.subset_filter(&target.service, &target.subset) {
+                // An unknown subset, or none: every instance.
+                None => all.iter().map(|(e, _)| e.clone()).collect(),
+                Some((filter, _only_passing)) => all
+                    .iter()
+                    .filter(|(_, tags)| {
+                        filter
+                            .as_ref()
+                            .is_none_or(|f| f.matches(tags, &BTreeMap::new()))
+                    })
+                    .map(|(e, _)| e.clone())
+                    .collect(),
+            };
+            let name = target.cluster();
+            let mut cluster = Cluster {
                 name: name.clone(),
-                kind: Some(Kind::Cluster(Cluster {
-                    name,
-                    namespace,
-                    endpoints,
-                    ..Default::default()
-                })),
+                namespace: namespace.clone(),
+                endpoints,
+                ..Default::default()
+            };
+            entries.policy(&target.service, &target.subset, &mut cluster);
+            Resource {
+                name,
+                kind: Some(Kind::Cluster(cluster)),
             }
         })
         .collect();
-    let routes = routes
+    let mut routes: Vec<Resource> = routes
         .into_iter()
         .map(|(host, path_prefix, cluster)| Resource {
             name: format!("{host}{path_prefix}"),
@@ -101,6 +159,10 @@ pub fn resources_for_node(state: &State, node_id: &str) -> Resources {
             })),
         })
         .collect();
+    routes.extend(tables.into_iter().map(|t| Resource {
+        name: format!("service:{}", t.service),
+        kind: Some(Kind::ServiceRoutes(t)),
+    }));
     Resources {
         clusters,
         routes,
@@ -200,5 +262,163 @@ mod tests {
                 ("example.com".to_string(), "/api".to_string())
             ]
         );
+    }
+
+    mod chains {
+        use std::sync::Arc;
+
+        use flotilla_proto::discovery::v1::{Cluster, Resource, ServiceRoutes, resource::Kind};
+        use flotilla_store::{JobKey, State};
+        use flotilla_types::{ConfigEntry, Job, Service, ServiceRegistration, TaskGroup};
+
+        use super::super::resources_for_node;
+
+        fn state(services: &[(&str, &[&str])], entries: &[serde_json::Value]) -> State {
+            let mut s = State::default();
+            let mut names: Vec<&str> = services.iter().map(|(n, _)| *n).collect();
+            names.dedup();
+            let job = Job {
+                id: "j".into(),
+                name: "j".into(),
+                namespace: "default".into(),
+                task_groups: vec![TaskGroup {
+                    name: "g".into(),
+                    services: names
+                        .iter()
+                        .map(|n| Service {
+                            name: n.to_string(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            s.jobs.insert(JobKey::new("default", "j"), Arc::new(job));
+            for (i, (name, tags)) in services.iter().enumerate() {
+                s.services.insert(
+                    format!("r{i}"),
+                    Arc::new(ServiceRegistration {
+                        id: format!("r{i}"),
+                        service_name: name.to_string(),
+                        namespace: "default".into(),
+                        node_id: "n1".into(),
+                        datacenter: "dc1".into(),
+                        job_id: "j".into(),
+                        alloc_id: format!("a{i}"),
+                        tags: tags.iter().map(|t| t.to_string()).collect(),
+                        address: "127.0.0.1".into(),
+                        port: 9000 + i as u16,
+                        status: "passing".into(),
+                        create_index: 1,
+                        modify_index: 1,
+                    }),
+                );
+            }
+            for e in entries {
+                let entry: ConfigEntry = serde_json::from_value(e.clone()).unwrap();
+                s.config_entries.insert(entry.key(), Arc::new(entry));
+            }
+            s
+        }
+
+        fn clusters(r: &[Resource]) -> Vec<&Cluster> {
+            r.iter()
+                .filter_map(|r| match &r.kind {
+                    Some(Kind::Cluster(c)) => Some(c),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn tables(r: &[Resource]) -> Vec<&ServiceRoutes> {
+            r.iter()
+                .filter_map(|r| match &r.kind {
+                    Some(Kind::ServiceRoutes(t)) => Some(t),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        #[test]
+        fn splitter_over_resolver_subsets_becomes_weighted_subset_clusters() {
+            let s = state(
+                &[("web", &["v1"]), ("web", &["v2"]), ("web", &["v2"])],
+                &[
+                    serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
+                    serde_json::json!({"Kind": "service-resolver", "Name": "web", "DefaultSubset": "v1",
+                        "Subsets": {"v1": {"Filter": "Service.Tags contains \"v1\""},
+                                    "v2": {"Filter": "Service.Tags contains \"v2\""}},
+                        "LoadBalancer": {"Policy": "least_request"}}),
+                    serde_json::json!({"Kind": "service-splitter", "Name": "web",
+                        "Splits": [{"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10, "ServiceSubset": "v2"}]}),
+                ],
+            );
+            let r = resources_for_node(&s, "n1");
+            let cs = clusters(&r.clusters);
+            let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, ["web", "v1.web", "v2.web"]);
+            assert_eq!(cs[0].endpoints.len(), 3);
+            assert_eq!(cs[1].endpoints.len(), 1);
+            assert_eq!(cs[2].endpoints.len(), 2);
+            assert!(
+                cs.iter()
+                    .all(|c| c.protocol == "http" && c.service == "web")
+            );
+            assert_eq!(
+                cs[2].load_balancer.as_ref().unwrap().policy,
+                "least_request"
+            );
+            let t = tables(&r.routes);
+            assert_eq!(t.len(), 1);
+            let weights: Vec<(&str, u32)> = t[0].routes[0]
+                .clusters
+                .iter()
+                .map(|c| (c.cluster.as_str(), c.weight))
+                .collect();
+            assert_eq!(weights, [("v1.web", 9000), ("v2.web", 1000)]);
+        }
+
+        #[test]
+        fn router_routes_then_the_default_and_tcp_services_get_no_table() {
+            let s = state(
+                &[("web", &[]), ("api", &[]), ("db", &[])],
+                &[
+                    serde_json::json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
+                    serde_json::json!({"Kind": "service-defaults", "Name": "api", "Protocol": "http"}),
+                    serde_json::json!({"Kind": "service-router", "Name": "web", "Routes": [
+                        {"Match": {"HTTP": {"PathPrefix": "/api"}},
+                         "Destination": {"Service": "api", "NumRetries": 2, "RetryOnStatusCodes": [503],
+                                         "RequestTimeout": "15s", "PrefixRewrite": "/"}}]}),
+                    serde_json::json!({"Kind": "service-resolver", "Name": "api",
+                        "Failover": {"*": {"Targets": [{"Service": "web"}]}}}),
+                ],
+            );
+            let r = resources_for_node(&s, "n1");
+            let t = tables(&r.routes);
+            let web = t.iter().find(|t| t.service == "web").unwrap();
+            assert_eq!(web.routes.len(), 2);
+            let api = &web.routes[0];
+            assert_eq!(api.r#match.as_ref().unwrap().path_prefix, "/api");
+            assert_eq!(api.clusters[0].cluster, "api");
+            assert_eq!(api.request_timeout_ms, 15_000);
+            assert_eq!(api.prefix_rewrite, "/");
+            let retry = api.retry.as_ref().unwrap();
+            assert_eq!(
+                (retry.num_retries, retry.on_status_codes.clone()),
+                (2, vec![503])
+            );
+            assert!(web.routes[1].r#match.is_none());
+            assert_eq!(web.routes[1].clusters[0].cluster, "web");
+            assert!(
+                t.iter().all(|t| t.service != "db"),
+                "tcp services are routed at L4"
+            );
+            let api_cluster = clusters(&r.clusters)
+                .into_iter()
+                .find(|c| c.name == "api")
+                .unwrap();
+            assert_eq!(api_cluster.failover, ["web"]);
+        }
     }
 }

@@ -113,13 +113,26 @@ async fn serve(
         dirty = false;
         let state = store.snapshot();
         let r: Resources = resources_for_node(&state, &node_id);
-        for (type_url, resources) in [
-            (CLUSTER_TYPE, r.clusters),
-            (ROUTE_TYPE, r.routes),
-            (LISTENER_TYPE, r.listeners),
-            (TRUST_BUNDLE_TYPE, r.trust_bundle),
-            (AUTHORIZATION_TYPE, r.authorization),
-        ] {
+        // Make before break: when routes change and clusters go away, the proxy first gets the
+        // new clusters plus the old ones, then the routes, then the clusters without the old
+        // ones — so no route ever points at a cluster the proxy does not have.
+        let interim = interim_clusters(&types, &r);
+        let mut pushes = Vec::with_capacity(6);
+        match interim {
+            Some(both) => {
+                pushes.push((CLUSTER_TYPE, both));
+                pushes.push((ROUTE_TYPE, r.routes));
+                pushes.push((CLUSTER_TYPE, r.clusters));
+            }
+            None => {
+                pushes.push((CLUSTER_TYPE, r.clusters));
+                pushes.push((ROUTE_TYPE, r.routes));
+            }
+        }
+        pushes.push((LISTENER_TYPE, r.listeners));
+        pushes.push((TRUST_BUNDLE_TYPE, r.trust_bundle));
+        pushes.push((AUTHORIZATION_TYPE, r.authorization));
+        for (type_url, resources) in pushes {
             let st = types.entry(type_url).or_default();
             if !st.subscribed || st.sent.as_ref() == Some(&resources) {
                 continue;
@@ -139,4 +152,30 @@ async fn serve(
             }
         }
     }
+}
+
+/// The new clusters plus the ones about to be removed, when the routes change too; `None` when
+/// no cluster goes away or the routes stay.
+fn interim_clusters(
+    types: &HashMap<&'static str, TypeState>,
+    r: &Resources,
+) -> Option<Vec<Resource>> {
+    let old = types.get(CLUSTER_TYPE)?.sent.as_ref()?;
+    let routes = types.get(ROUTE_TYPE)?;
+    if !routes.subscribed || routes.sent.as_ref() == Some(&r.routes) {
+        return None;
+    }
+    let names: std::collections::HashSet<&str> =
+        r.clusters.iter().map(|c| c.name.as_str()).collect();
+    let leaving: Vec<Resource> = old
+        .iter()
+        .filter(|c| !names.contains(c.name.as_str()))
+        .cloned()
+        .collect();
+    if leaving.is_empty() {
+        return None;
+    }
+    let mut both = r.clusters.clone();
+    both.extend(leaving);
+    Some(both)
 }

@@ -1,12 +1,16 @@
 //! The admin listener: `GET /ready`, `GET /config_dump` (certificates listed without their
-//! keys) and `GET /stats` (counters).
+//! keys; any PEM private key that reaches the dump is redacted), `GET /stats` (counters as
+//! JSON) and `GET /metrics` (Prometheus text exposition, see [`crate::metrics`]).
 //!
 //! It runs on its own OS thread with a current-thread tokio runtime, so a slow scrape or a
-//! flood of admin requests never competes with the forwarding runtime.
+//! flood of admin requests never competes with the forwarding runtime. The same thread runs
+//! the metrics upkeep (moving histogram samples into buckets) every [`UPKEEP_INTERVAL`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -19,16 +23,25 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::snapshot::ConfigHandle;
 use crate::stats::Stats;
 use crate::tls::Certs;
 
+/// How often the admin thread moves recorded histogram samples into their buckets.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
 pub struct AdminState {
+    /// The current config, for `/ready` and `/config_dump`.
     pub config: ConfigHandle,
-    pub stats: std::sync::Arc<Stats>,
-    pub certs: std::sync::Arc<Certs>,
+    /// Counters, for `/stats` and `/metrics`.
+    pub stats: Arc<Stats>,
+    /// Installed certificates, listed (without keys) in `/config_dump`.
+    pub certs: Arc<Certs>,
+    /// The metrics rendered on `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A running admin server; [`AdminServer::stop`] ends it and waits for its thread.
@@ -88,9 +101,15 @@ async fn serve(
         }
     };
     info!(listener = "admin", %addr, "serving");
+    let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => break,
+            _ = upkeep.tick() => {
+                config.metrics.run_upkeep();
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
@@ -186,13 +205,55 @@ fn handle(admin: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 .collect();
             certs.sort_by(|a, b| a["spiffe_id"].as_str().cmp(&b["spiffe_id"].as_str()));
             dump["certificates"] = serde_json::Value::Array(certs);
+            redact_private_keys(&mut dump);
             json_response(&dump)
         }
         "/stats" => json_response(&admin.stats.to_json()),
+        "/metrics" => respond(
+            StatusCode::OK,
+            crate::metrics::CONTENT_TYPE,
+            admin.metrics.render(&admin.stats),
+        ),
         other => respond(
             StatusCode::NOT_FOUND,
             TEXT,
-            format!("no admin endpoint {other:?}; try /ready, /config_dump or /stats\n"),
+            format!("no admin endpoint {other:?}; try /ready, /config_dump, /stats or /metrics\n"),
         ),
+    }
+}
+
+/// Replaces every string holding a PEM private key with `"[redacted]"`. The dump is built
+/// without keys; this keeps one added later by mistake (a new field of a snapshot type) from
+/// ever being served.
+fn redact_private_keys(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.contains("PRIVATE KEY") => {
+            *s = "[redacted]".to_owned();
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_private_keys),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(redact_private_keys),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_keys_are_redacted_anywhere_in_the_dump() {
+        let key = "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n";
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let mut dump = serde_json::json!({
+            "trust": {"roots_pem": [cert], "key": key},
+            "certificates": [{"private_key": "-----BEGIN EC PRIVATE KEY-----\n..."}],
+            "n": 3,
+        });
+        redact_private_keys(&mut dump);
+        assert_eq!(dump["trust"]["key"], "[redacted]");
+        assert_eq!(dump["trust"]["roots_pem"][0], cert);
+        assert_eq!(dump["certificates"][0]["private_key"], "[redacted]");
+        assert_eq!(dump["n"], 3);
+        assert!(!dump.to_string().contains("PRIVATE KEY"));
     }
 }

@@ -94,6 +94,31 @@ pub enum RequestError {
         destination: String,
         reason: String,
     },
+    /// The client's request body could not be read (400).
+    #[error("reading the request body: {error}")]
+    BadRequestBody { error: String },
+    /// The local rate limit of the service refused the request (429).
+    #[error("rate limit of service {service:?} exceeded ({requests_per_second} requests/s)")]
+    RateLimited {
+        service: String,
+        requests_per_second: u32,
+    },
+    /// A circuit breaker of the cluster is open: too many requests in flight (503).
+    #[error("cluster {cluster:?}: {limit} ({max}) reached; request not sent")]
+    Overflow {
+        cluster: String,
+        limit: &'static str,
+        max: u32,
+    },
+    /// No response headers within the route's or the cluster's request timeout (504).
+    #[error(
+        "upstream request timeout: service {service:?} endpoint {endpoint}: no response within {after:?}"
+    )]
+    Timeout {
+        service: String,
+        endpoint: SocketAddr,
+        after: std::time::Duration,
+    },
     /// The request was (maybe partly) sent and then failed (502). Not safe to retry.
     #[error("upstream request failed: service {service:?} endpoint {endpoint}: {error}")]
     Upstream {
@@ -107,9 +132,14 @@ impl RequestError {
     /// Where the error came from.
     pub fn origin(&self) -> Origin {
         match self {
-            RequestError::NoRoute { .. } | RequestError::Denied { .. } => Origin::Downstream,
+            RequestError::NoRoute { .. }
+            | RequestError::Denied { .. }
+            | RequestError::BadRequestBody { .. }
+            | RequestError::RateLimited { .. } => Origin::Downstream,
             RequestError::NoHealthyInstance { .. }
             | RequestError::Connect { .. }
+            | RequestError::Overflow { .. }
+            | RequestError::Timeout { .. }
             | RequestError::Upstream { .. } => Origin::Upstream,
         }
     }
@@ -119,8 +149,13 @@ impl RequestError {
         match self {
             RequestError::NoRoute { .. }
             | RequestError::Upstream { .. }
+            | RequestError::BadRequestBody { .. }
+            | RequestError::Timeout { .. }
             | RequestError::Denied { .. } => false,
-            RequestError::NoHealthyInstance { .. } | RequestError::Connect { .. } => true,
+            RequestError::NoHealthyInstance { .. }
+            | RequestError::Connect { .. }
+            | RequestError::RateLimited { .. }
+            | RequestError::Overflow { .. } => true,
         }
     }
 
@@ -129,7 +164,12 @@ impl RequestError {
         match self {
             RequestError::NoRoute { .. } => StatusCode::NOT_FOUND,
             RequestError::Denied { .. } => StatusCode::FORBIDDEN,
-            RequestError::NoHealthyInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RequestError::NoHealthyInstance { .. } | RequestError::Overflow { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RequestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RequestError::BadRequestBody { .. } => StatusCode::BAD_REQUEST,
+            RequestError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Connect { .. } | RequestError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }

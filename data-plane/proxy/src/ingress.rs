@@ -7,10 +7,10 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri, Version, header};
-use http_body_util::combinators::BoxBody;
+use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -20,37 +20,43 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::access_log::{AccessLog, RequestHead, ResponseFlags};
 use crate::drain::Drain;
 use crate::error::RequestError;
-use crate::headers;
+use crate::l7;
 use crate::router::{self, normalize_host};
 use crate::snapshot::ConfigHandle;
 use crate::tls::issuer::INGRESS_SERVICE;
-use crate::upstream::{SendError, Upstream, UpstreamBody};
+use crate::upstream::Upstream;
 
-/// Body type of responses to ingress clients.
-pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
-
-/// At most this many endpoints are tried for one request when connects fail.
-const MAX_CONNECT_ATTEMPTS: usize = 3;
+pub use crate::l7::ResponseBody;
 
 /// State shared by ingress connections.
 #[derive(Debug)]
 pub struct Ingress {
     config: ConfigHandle,
     upstream: Arc<Upstream>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Ingress {
-    /// Ingress routing with `config`, sending through `upstream`.
-    pub fn new(config: ConfigHandle, upstream: Arc<Upstream>) -> Arc<Self> {
-        Arc::new(Ingress { config, upstream })
+    /// Ingress routing with `config`, sending through `upstream`, logging to `access_log`.
+    pub fn new(
+        config: ConfigHandle,
+        upstream: Arc<Upstream>,
+        access_log: Option<Arc<AccessLog>>,
+    ) -> Arc<Self> {
+        Arc::new(Ingress {
+            config,
+            upstream,
+            access_log,
+        })
     }
 
     /// Proxies one request; every failure becomes a plain-text error response.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let started = Instant::now();
+        let head = self.access_log.as_ref().map(|_| RequestHead::capture(&req));
         let raw_host = req
             .headers()
             .get(header::HOST)
@@ -58,24 +64,49 @@ impl Ingress {
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
             .map(str::to_owned);
         let host = normalize_host(raw_host.as_deref().unwrap_or(""));
-        match self
-            .proxy(req, peer, raw_host.as_deref(), &host, &path)
-            .await
-        {
+        let mut report = l7::Report::default();
+        let result = self
+            .proxy(req, peer, raw_host.as_deref(), &host, &mut report)
+            .await;
+        let (resp, flags) = match result {
             Ok(resp) => {
-                debug!(%peer, %method, %host, %path, status = resp.status().as_u16(), "proxied");
-                resp
+                let flags = if report.retries_exhausted {
+                    ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
+                } else {
+                    ResponseFlags::NONE
+                };
+                (resp, flags)
             }
             Err(error) => {
                 let status = error.status();
                 if status == StatusCode::BAD_GATEWAY {
-                    warn!(%peer, %method, %host, %path, status = status.as_u16(), %error, "request failed");
+                    warn!(%peer, %host, status = status.as_u16(), %error, "request failed");
                 } else {
-                    debug!(%peer, %method, %host, %path, status = status.as_u16(), %error, "request refused");
+                    debug!(%peer, %host, status = status.as_u16(), %error, "request refused");
                 }
-                error_response(&error)
+                (error_response(&error), flags_of(&error))
             }
+        };
+        let status = resp.status();
+        if let Some(m) = &report.route_metrics {
+            m.record(status, started.elapsed());
         }
+        if let (Some(log), Some(head)) = (&self.access_log, &head) {
+            let user_agent = head.user_agent.as_ref().and_then(|v| v.to_str().ok());
+            let request_id = head.request_id.as_ref().and_then(|v| v.to_str().ok());
+            let mut entry = head.entry(status);
+            entry.response_flags = flags;
+            entry.duration = started.elapsed();
+            entry.upstream_cluster = report.cluster.as_deref();
+            entry.upstream_host = report.endpoint;
+            entry.route = report.route.as_deref();
+            entry.attempts = report.attempts;
+            entry.downstream_remote_address = Some(peer);
+            entry.user_agent = user_agent;
+            entry.request_id = request_id;
+            log.log(entry);
+        }
+        resp
     }
 
     async fn proxy(
@@ -84,100 +115,45 @@ impl Ingress {
         peer: SocketAddr,
         raw_host: Option<&str>,
         host: &str,
-        path: &str,
+        report: &mut l7::Report,
     ) -> Result<Response<ResponseBody>, RequestError> {
         let snapshot = self.config.load();
-        let Some(service) = router::resolve(&snapshot, host, path) else {
+        let Some(service) = router::resolve(&snapshot, host, req.uri().path()) else {
             return Err(RequestError::NoRoute {
                 host: host.to_owned(),
-                path: path.to_owned(),
+                path: req.uri().path().to_owned(),
             });
         };
-        let no_healthy = || RequestError::NoHealthyInstance {
-            service: service.to_owned(),
-        };
-        let cluster = snapshot.cluster(service).ok_or_else(no_healthy)?;
-        let healthy = cluster.healthy();
-        if healthy.is_empty() {
-            return Err(no_healthy());
-        }
-        let decision = snapshot.authorize(INGRESS_SERVICE, service);
-        if decision.denied() {
-            return Err(RequestError::Denied {
-                caller: INGRESS_SERVICE.to_owned(),
-                destination: service.to_owned(),
-                reason: decision.reason(),
-            });
-        }
-        let mut req = prepare_request(req, peer, raw_host);
-        let mut last_failure = None;
-        for index in cluster
-            .balancer()
-            .attempts(healthy.len(), MAX_CONNECT_ATTEMPTS)
-        {
-            let endpoint = &healthy[index];
-            let target = endpoint.target();
-            match self.upstream.send(target.clone(), req).await {
-                Ok(resp) => return Ok(finish_response(resp)),
-                Err(SendError::Connect { error, request }) => {
-                    if let Some(why) = error.denial() {
-                        // The peer's intentions said no; another instance would say the same.
-                        return Err(RequestError::Denied {
-                            caller: INGRESS_SERVICE.to_owned(),
-                            destination: service.to_owned(),
-                            reason: why.to_owned(),
-                        });
-                    }
-                    warn!(service, %target, %error, "upstream connect failed (nothing sent; safe to retry)");
-                    req = *request;
-                    last_failure = Some((endpoint.address, error));
-                }
-                Err(SendError::Request(error)) => {
-                    return Err(RequestError::Upstream {
-                        service: service.to_owned(),
-                        endpoint: endpoint.address,
-                        error,
-                    });
-                }
-            }
-        }
-        match last_failure {
-            Some((endpoint, error)) => Err(RequestError::Connect {
-                service: service.to_owned(),
-                endpoint,
-                error,
-            }),
-            None => Err(no_healthy()),
-        }
+        l7::forward(
+            &snapshot,
+            &self.upstream,
+            l7::Forward {
+                service,
+                source: INGRESS_SERVICE,
+                peer,
+                raw_host,
+                scheme: "http",
+            },
+            req,
+            report,
+        )
+        .await
     }
 }
 
-/// Rewrites a client request for the upstream hop: origin-form URI, HTTP/1.1, Host kept (or
-/// taken from the h2 `:authority`), hop-by-hop headers stripped, `x-forwarded-*` set.
-fn prepare_request(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    raw_host: Option<&str>,
-) -> Request<UpstreamBody> {
-    let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    let mut uri = http::uri::Parts::default();
-    uri.path_and_query = parts.uri.path_and_query().cloned();
-    parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
-    parts.version = Version::HTTP_11;
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(host) = raw_host.and_then(|h| header::HeaderValue::from_str(h).ok())
-    {
-        parts.headers.insert(header::HOST, host);
+/// The access log's response flags for a failed request.
+fn flags_of(error: &RequestError) -> ResponseFlags {
+    match error {
+        RequestError::NoRoute { .. } => ResponseFlags::NO_ROUTE_FOUND,
+        RequestError::NoHealthyInstance { .. } => ResponseFlags::NO_HEALTHY_UPSTREAM,
+        RequestError::Connect { .. } => ResponseFlags::UPSTREAM_CONNECT_FAILURE,
+        RequestError::Overflow { .. } => ResponseFlags::UPSTREAM_OVERFLOW,
+        RequestError::RateLimited { .. } => ResponseFlags::RATE_LIMITED,
+        RequestError::Timeout { .. } => ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+        RequestError::Upstream { .. }
+        | RequestError::Denied { .. }
+        | RequestError::BadRequestBody { .. } => ResponseFlags::NONE,
     }
-    headers::set_forwarded(&mut parts.headers, peer, raw_host, "http");
-    Request::from_parts(parts, body.boxed())
-}
-
-fn finish_response(resp: Response<Incoming>) -> Response<ResponseBody> {
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.boxed())
 }
 
 fn error_response(error: &RequestError) -> Response<ResponseBody> {
@@ -211,7 +187,7 @@ where
         async move { Ok::<_, Infallible>(ingress.handle(req, peer).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(error) = drain.serve(conn).await {
         debug!(%peer, %error, "ingress connection ended with error");
     }

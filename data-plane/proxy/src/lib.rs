@@ -8,6 +8,8 @@
 //!   [`BoundProxy::config`]) swaps in new ones.
 //! - [`ProxyError`] (start-up, names the listener and address) and [`RequestError`] (one
 //!   request: where it failed, whether a retry is safe, which status it answers).
+//! - [`metrics::Metrics`] (Prometheus `/metrics`; per-cluster and per-route handles made when
+//!   snapshots are built) and [`access_log::AccessLog`] (optional JSON lines, never blocking).
 //!
 //! # Data flow
 //! ```text
@@ -21,7 +23,7 @@
 //!                      └─ remote instance: mTLS (as the source service) to the peer's inbound
 //!                           ──CONNECT addr──▶ peer inbound: client cert → SPIFFE ID,
 //!                                             intention check, local-instance check ──▶ workload
-//!  admin (own thread, current-thread runtime): /ready, /config_dump, /stats
+//!  admin (own thread, current-thread runtime): /ready, /config_dump, /stats, /metrics
 //! ```
 //!
 //! # Threads and listeners
@@ -35,6 +37,7 @@
 //! Shutdown ([`drain`]): stop accepting, let in-flight requests and tunnels finish for up to the
 //! grace period ([`BoundProxy::with_drain_grace`], 5 s by default), then drop what is left.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;
@@ -43,6 +46,8 @@ pub mod error;
 pub mod headers;
 pub mod inbound;
 pub mod ingress;
+pub mod l7;
+pub mod metrics;
 pub mod outbound;
 pub mod router;
 pub mod snapshot;
@@ -62,10 +67,12 @@ use tracing::{info, warn};
 pub use crate::error::{Listener, Origin, ProxyError, RequestError};
 pub use crate::snapshot::{ApplyError, ConfigHandle, Snapshot, Versions};
 
+use crate::access_log::AccessLog;
 use crate::admin::{AdminServer, AdminState};
 use crate::drain::Drain;
 use crate::inbound::Inbound;
 use crate::ingress::Ingress;
+use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::stats::Stats;
 use crate::tls::MeshTls;
@@ -110,6 +117,8 @@ pub struct BoundProxy {
     drain_grace: Duration,
     upstream: UpstreamConfig,
     l4_mode: flotilla_forward::Mode,
+    metrics: Arc<Metrics>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 async fn bind_tokio(
@@ -144,16 +153,19 @@ impl BoundProxy {
                 Some((l, local))
             }
         };
+        let metrics = Metrics::new();
         Ok(BoundProxy {
             ingress,
             ingress_addr,
             inbound,
             inbound_addr,
             admin,
-            config: ConfigHandle::new(),
+            config: ConfigHandle::with_metrics(metrics.clone()),
             drain_grace: DEFAULT_DRAIN_GRACE,
             upstream: UpstreamConfig::default(),
             l4_mode: flotilla_forward::Mode::Auto,
+            metrics,
+            access_log: None,
         })
     }
 
@@ -177,6 +189,24 @@ impl BoundProxy {
         self.config.clone()
     }
 
+    /// The proxy's metrics, served on the admin port's `/metrics`: build per-cluster and
+    /// per-route handles from it when snapshots are built.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Writes an access log line per ingress request to `log` (none by default).
+    pub fn with_access_log(mut self, log: AccessLog) -> Self {
+        self.metrics.watch_access_log(&log);
+        self.access_log = Some(Arc::new(log));
+        self
+    }
+
+    /// The access log, if one was set with [`BoundProxy::with_access_log`].
+    pub fn access_log(&self) -> Option<Arc<AccessLog>> {
+        self.access_log.clone()
+    }
+
     /// How long in-flight requests may run after shutdown starts (default 5 s).
     pub fn with_drain_grace(mut self, grace: Duration) -> Self {
         self.drain_grace = grace;
@@ -197,14 +227,16 @@ impl BoundProxy {
 
     /// Serves until `shutdown` resolves, then drains. `server` is the control plane's gRPC URL,
     /// e.g. `"http://127.0.0.1:4647"`; it is checked up front, then (re)connected forever.
-    /// `node` identifies this node to the CA.
+    /// `node` identifies this node to the CA. With `server: None` no discovery client and no
+    /// certificate issuer run: the config is whatever is applied through [`Self::config`]
+    /// (`flotilla proxy --bootstrap`), and the node has no mesh certificates.
     pub async fn run(
         self,
         node: NodeIdentity,
-        server: String,
+        server: Option<String>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ProxyError> {
-        let endpoint = xds::endpoint(&server)?;
+        let endpoint = server.as_deref().map(xds::endpoint).transpose()?;
         let node_id = node.node_id.clone();
         let stats = Arc::new(Stats::default());
         let tls = MeshTls::new(self.config.clone(), stats.clone()).map_err(ProxyError::Tls)?;
@@ -225,13 +257,25 @@ impl BoundProxy {
                     config: self.config.clone(),
                     stats: stats.clone(),
                     certs: tls.certs().clone(),
+                    metrics: self.metrics.clone(),
                 },
             )?),
             None => None,
         };
+        // The admin thread moves histogram samples into buckets; without it, a task does.
+        let upkeep = admin.is_none().then(|| {
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::admin::UPKEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    metrics.run_upkeep();
+                }
+            })
+        });
         info!(
             %node_id,
-            %server,
+            server = server.as_deref().unwrap_or("none (static config)"),
             ingress = %self.ingress_addr,
             inbound = %self.inbound_addr,
             admin = ?admin_addr,
@@ -240,15 +284,18 @@ impl BoundProxy {
 
         let drain = Drain::new();
         let upstream = Upstream::new(self.upstream.clone(), tls.clone());
-        let channel = endpoint.connect_lazy();
-        let discovery =
-            tokio::spawn(DiscoveryClient::new(node_id, endpoint, self.config.clone()).run());
-        let issuer = tokio::spawn(tls::issuer::run(
-            node,
-            channel,
-            self.config.clone(),
-            tls.certs().clone(),
-        ));
+        let control_plane = endpoint.map(|endpoint| {
+            let channel = endpoint.connect_lazy();
+            let discovery =
+                tokio::spawn(DiscoveryClient::new(node_id, endpoint, self.config.clone()).run());
+            let issuer = tokio::spawn(tls::issuer::run(
+                node,
+                channel,
+                self.config.clone(),
+                tls.certs().clone(),
+            ));
+            [discovery, issuer]
+        });
         let outbound = tokio::spawn(outbound::run(
             Outbound::new(
                 self.config.clone(),
@@ -271,7 +318,11 @@ impl BoundProxy {
         });
         let ingress = tokio::spawn(ingress::serve(
             self.ingress,
-            Ingress::new(self.config.clone(), upstream.clone()),
+            Ingress::new(
+                self.config.clone(),
+                upstream.clone(),
+                self.access_log.clone(),
+            ),
             drain.clone(),
         ));
         let inbound = tokio::spawn(inbound::serve(
@@ -303,9 +354,13 @@ impl BoundProxy {
                 "grace period over; dropped remaining connections"
             );
         }
-        discovery.abort();
-        issuer.abort();
+        for task in control_plane.into_iter().flatten() {
+            task.abort();
+        }
         pruner.abort();
+        if let Some(upkeep) = upkeep {
+            upkeep.abort();
+        }
         if let Some(admin) = admin {
             admin.stop().await;
         }

@@ -9,7 +9,7 @@
 //! - A remote instance is reached through its node's inbound listener over mTLS, presenting
 //!   the source service's certificate and checking the peer presents the destination's
 //!   identity; the peer checks the intention.
-//! - Instances are tried round robin; a failed connect moves on to the next (up to three), a
+//! - Instances are picked by the cluster's load-balancing policy (skipping ejected ones); a failed connect moves on to the next (up to three), a
 //!   denial does not.
 
 use std::collections::HashMap;
@@ -182,8 +182,14 @@ async fn handle(
     let healthy = cluster.healthy();
     let targets: Vec<Target> = cluster
         .balancer()
-        .attempts(healthy.len(), MAX_ATTEMPTS)
-        .map(|i| healthy[i].target())
+        .pick(
+            None,
+            cluster.states(),
+            MAX_ATTEMPTS,
+            std::time::Instant::now(),
+        )
+        .iter()
+        .map(|&i| healthy[i].target())
         .collect();
     let decision = snapshot.authorize(&spec.source_service, &spec.destination);
     // Local instances are authorized here; remote ones by their node's inbound listener.

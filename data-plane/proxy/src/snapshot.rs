@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use flotilla_proto::discovery::v1::{
@@ -16,33 +16,69 @@ use flotilla_proto::discovery::v1::{
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::balance::RoundRobin;
+use crate::balance::{Balancer, ClusterState, EndpointState, Registry};
 use crate::config::{
-    self, Authorization, Cluster, ConfigError, Decision, Endpoint, Route, UpstreamListener,
+    self, Authorization, Cluster, ConfigError, Decision, Endpoint, Route, ServiceRoutes,
+    UpstreamListener,
 };
+use crate::metrics::{ClusterMetrics, Metrics, RouteMetrics};
 use crate::tls::Trust;
 
-/// A cluster as the request path uses it: its config, the healthy subset, a balancer.
+/// A cluster as the request path uses it: its config, the healthy endpoints with their
+/// long-lived state, a balancer over them, and the cluster's long-lived state (limits).
 #[derive(Debug)]
 pub struct ClusterEntry {
     cluster: Cluster,
     healthy: Vec<Endpoint>,
-    balancer: RoundRobin,
+    /// Parallel to `healthy`.
+    states: Vec<Arc<EndpointState>>,
+    balancer: Balancer,
+    state: Arc<ClusterState>,
+    metrics: Arc<Metrics>,
+    /// Made on first use: an idle proxy with many services registers no series for them.
+    cluster_metrics: OnceLock<ClusterMetrics>,
+    /// The requests to the service of a cluster without a route table count under route
+    /// `default`.
+    route_metrics: OnceLock<RouteMetrics>,
 }
 
 impl ClusterEntry {
-    fn new(cluster: Cluster) -> Self {
-        let healthy = cluster
+    fn new(cluster: Cluster, registry: &Registry, metrics: &Arc<Metrics>) -> Self {
+        let healthy: Vec<Endpoint> = cluster
             .endpoints
             .iter()
             .filter(|e| e.healthy)
             .cloned()
             .collect();
+        let states = healthy
+            .iter()
+            .map(|e| registry.endpoint(&cluster.name, e.address))
+            .collect();
+        let weighted: Vec<(SocketAddr, u32)> =
+            healthy.iter().map(|e| (e.address, e.weight)).collect();
+        let balancer = Balancer::new(&weighted, &cluster.policy.lb_policy);
         ClusterEntry {
+            state: registry.cluster(&cluster.name),
             cluster,
             healthy,
-            balancer: RoundRobin::default(),
+            states,
+            balancer,
+            metrics: metrics.clone(),
+            cluster_metrics: OnceLock::new(),
+            route_metrics: OnceLock::new(),
         }
+    }
+
+    /// The cluster's metric handles.
+    pub fn metrics(&self) -> &ClusterMetrics {
+        self.cluster_metrics
+            .get_or_init(|| self.metrics.cluster(&self.cluster.name))
+    }
+
+    /// The metric handles of route `default` of the cluster's service.
+    pub fn default_route_metrics(&self) -> &RouteMetrics {
+        self.route_metrics
+            .get_or_init(|| self.metrics.route(&self.cluster.service, "default"))
     }
 
     /// The cluster as configured.
@@ -55,9 +91,56 @@ impl ClusterEntry {
         &self.healthy
     }
 
-    /// The round-robin balancer over [`Self::healthy`].
-    pub fn balancer(&self) -> &RoundRobin {
+    /// The long-lived state of each healthy endpoint (parallel to [`Self::healthy`]).
+    pub fn states(&self) -> &[Arc<EndpointState>] {
+        &self.states
+    }
+
+    /// The policy's balancer over [`Self::healthy`].
+    pub fn balancer(&self) -> &Balancer {
         &self.balancer
+    }
+
+    /// The cluster's long-lived state: limits, retry budget, rate limit.
+    pub fn state(&self) -> &Arc<ClusterState> {
+        &self.state
+    }
+
+    /// Whether some healthy endpoint is not ejected at `now`.
+    pub fn has_usable(&self, now: std::time::Instant) -> bool {
+        self.states.iter().any(|s| !s.is_ejected(now))
+    }
+}
+
+/// A service's route table with each route's metric handles (made on first use).
+#[derive(Debug)]
+pub struct RouteTable {
+    pub routes: ServiceRoutes,
+    metrics: Vec<OnceLock<RouteMetrics>>,
+    registry: Arc<Metrics>,
+}
+
+impl RouteTable {
+    /// The first route matching the request, with its index.
+    pub fn find(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Option<(usize, &crate::config::HttpRoute)> {
+        self.routes.routes.iter().enumerate().find(|(_, r)| {
+            r.matcher
+                .as_ref()
+                .is_none_or(|m| m.matches(method, uri, headers))
+        })
+    }
+
+    /// The metric handles of route `index`.
+    pub fn route_metrics(&self, index: usize) -> &RouteMetrics {
+        self.metrics[index].get_or_init(|| {
+            self.registry
+                .route(&self.routes.service, &self.routes.routes[index].name)
+        })
     }
 }
 
@@ -71,17 +154,27 @@ struct ClusterSet {
 }
 
 impl ClusterSet {
-    fn new(clusters: Vec<Cluster>) -> Self {
+    fn new(clusters: Vec<Cluster>, registry: &Registry, metrics: &Arc<Metrics>) -> Self {
         let local_endpoints = clusters
             .iter()
             .flat_map(|c| c.endpoints.iter().map(move |e| (c, e)))
             .filter(|(_, e)| e.local)
-            .map(|(c, e)| (c.name.clone(), e.address))
+            .map(|(c, e)| (c.service.clone(), e.address))
             .collect();
-        let by_name = clusters
+        let by_name: HashMap<String, Arc<ClusterEntry>> = clusters
             .into_iter()
-            .map(|c| (c.name.clone(), Arc::new(ClusterEntry::new(c))))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    Arc::new(ClusterEntry::new(c, registry, metrics)),
+                )
+            })
             .collect();
+        registry.retain(
+            by_name
+                .iter()
+                .map(|(name, c)| (name.as_str(), c.cluster.endpoints.iter().map(|e| e.address))),
+        );
         ClusterSet {
             by_name,
             local_endpoints,
@@ -136,6 +229,8 @@ pub struct Snapshot {
     /// Sorted for matching: longest path prefix first; at equal length a route with a host
     /// before an any-host route; otherwise in the order the server sent them.
     routes: Arc<[Route]>,
+    /// Route tables of HTTP services, by service name.
+    service_routes: Arc<HashMap<String, Arc<RouteTable>>>,
     listeners: Arc<[UpstreamListener]>,
     trust: Option<Arc<Trust>>,
     authorization: Arc<Authorization>,
@@ -156,6 +251,11 @@ impl Snapshot {
     /// Routes in matching order (see the field docs).
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// The route table of `service`, when it speaks HTTP and the server sent one.
+    pub fn service_routes(&self, service: &str) -> Option<&RouteTable> {
+        self.service_routes.get(service).map(|t| &**t)
     }
 
     /// Upstream listeners this node must open.
@@ -199,6 +299,9 @@ impl Snapshot {
             .filter_map(|n| self.clusters.by_name.get(n))
             .map(|c| c.cluster.to_json())
             .collect();
+        let mut tables: Vec<&Arc<RouteTable>> = self.service_routes.values().collect();
+        tables.sort_by(|a, b| a.routes.service.cmp(&b.routes.service));
+        let service_routes: Vec<Value> = tables.into_iter().map(|t| t.routes.to_json()).collect();
         json!({
             "versions": {
                 "clusters": self.versions.clusters,
@@ -209,6 +312,7 @@ impl Snapshot {
             },
             "clusters": clusters,
             "routes": self.routes.iter().map(Route::to_json).collect::<Vec<_>>(),
+            "service_routes": service_routes,
             "listeners": self.listeners.iter().map(UpstreamListener::to_json).collect::<Vec<_>>(),
             "trust": self.trust.as_ref().map(|t| json!({
                 "trust_domain": t.trust_domain,
@@ -241,6 +345,10 @@ pub enum ApplyError {
 #[derive(Debug, Clone)]
 pub struct ConfigHandle {
     current: Arc<ArcSwap<Snapshot>>,
+    /// Endpoint and cluster state that outlives snapshots (outlier ejections, limits).
+    registry: Arc<Registry>,
+    /// Where per-cluster and per-route metric handles come from.
+    metrics: Arc<Metrics>,
     /// Bumped on every change, for background tasks that follow the config (listeners,
     /// certificates). The request path never waits on it.
     generation: Arc<watch::Sender<u64>>,
@@ -250,6 +358,8 @@ impl Default for ConfigHandle {
     fn default() -> Self {
         ConfigHandle {
             current: Arc::default(),
+            registry: Arc::new(Registry::new()),
+            metrics: Metrics::new(),
             generation: Arc::new(watch::channel(0).0),
         }
     }
@@ -259,6 +369,19 @@ impl ConfigHandle {
     /// A handle holding an empty, not-ready snapshot.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A handle whose snapshots take their metric handles from `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        ConfigHandle {
+            metrics,
+            ..Self::default()
+        }
+    }
+
+    /// The metrics the snapshots' handles come from.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The current snapshot. Lock-free; hold the `Arc` for the duration of one request.
@@ -285,19 +408,51 @@ impl ConfigHandle {
             }
             next
         });
+        self.metrics.config_applied(type_url, &version);
         self.generation.send_modify(|g| *g += 1);
     }
 
     /// Replaces all clusters (state of the world) and records `version`.
     pub fn apply_clusters(&self, version: impl Into<String>, clusters: Vec<Cluster>) {
-        let set = Arc::new(ClusterSet::new(clusters));
+        let set = Arc::new(ClusterSet::new(clusters, &self.registry, &self.metrics));
         self.update(CLUSTER_TYPE, version.into(), |s| s.clusters = set.clone());
     }
 
-    /// Replaces all routes (state of the world) and records `version`.
+    /// Replaces all ingress routes (state of the world), keeps the route tables, and records
+    /// `version`.
     pub fn apply_routes(&self, version: impl Into<String>, routes: Vec<Route>) {
         let routes = sort_routes(routes);
         self.update(ROUTE_TYPE, version.into(), |s| s.routes = routes.clone());
+    }
+
+    /// Replaces the ingress routes and the services' route tables and records `version`.
+    pub fn apply_route_config(
+        &self,
+        version: impl Into<String>,
+        routes: Vec<Route>,
+        tables: Vec<ServiceRoutes>,
+    ) {
+        let routes = sort_routes(routes);
+        let tables: Arc<HashMap<String, Arc<RouteTable>>> = Arc::new(
+            tables
+                .into_iter()
+                .map(|t| {
+                    let metrics = t.routes.iter().map(|_| OnceLock::new()).collect();
+                    (
+                        t.service.clone(),
+                        Arc::new(RouteTable {
+                            routes: t,
+                            metrics,
+                            registry: self.metrics.clone(),
+                        }),
+                    )
+                })
+                .collect(),
+        );
+        self.update(ROUTE_TYPE, version.into(), |s| {
+            s.routes = routes.clone();
+            s.service_routes = tables.clone();
+        });
     }
 
     /// Replaces the upstream listeners and records `version`.
@@ -330,7 +485,10 @@ impl ConfigHandle {
         let resources = &response.resources;
         match response.type_url.as_str() {
             CLUSTER_TYPE => self.apply_clusters(version, config::parse_clusters(resources)?),
-            ROUTE_TYPE => self.apply_routes(version, config::parse_routes(resources)?),
+            ROUTE_TYPE => {
+                let (routes, tables) = config::parse_routes(resources)?;
+                self.apply_route_config(version, routes, tables)
+            }
             LISTENER_TYPE => self.apply_listeners(version, config::parse_listeners(resources)?),
             TRUST_BUNDLE_TYPE => self.apply_trust(version, config::parse_trust(resources)?),
             AUTHORIZATION_TYPE => {

@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,13 +21,15 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http2;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 pub use crate::config::Target;
+use crate::metrics::{ClusterMetrics, ConnectionGauge};
 use crate::tls::MeshTls;
 use crate::tls::issuer::{INGRESS_NAMESPACE, INGRESS_SERVICE};
 
@@ -170,11 +174,13 @@ struct Idle {
     since: Instant,
 }
 
-/// Pooled HTTP/1.1 client for upstream endpoints.
+/// Pooled HTTP/1.1 client (and one multiplexed HTTP/2 connection per target) for upstream
+/// endpoints.
 pub struct Upstream {
     cfg: UpstreamConfig,
     tls: Arc<MeshTls>,
     idle: Mutex<HashMap<Target, Vec<Idle>>>,
+    h2: Mutex<HashMap<Target, http2::SendRequest<UpstreamBody>>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -190,6 +196,7 @@ impl Upstream {
             cfg,
             tls,
             idle: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
         })
     }
 
@@ -198,6 +205,7 @@ impl Upstream {
         self: &Arc<Self>,
         target: Target,
         mut req: Request<UpstreamBody>,
+        metrics: &ClusterMetrics,
     ) -> Result<Response<Incoming>, SendError> {
         // Pooled connections first; one that closed under us hands the request back.
         while let Some(mut tx) = self.take_idle(&target) {
@@ -215,7 +223,7 @@ impl Upstream {
                 },
             }
         }
-        let mut tx = match self.connect(&target).await {
+        let mut tx = match self.connect(&target, metrics).await {
             Ok(tx) => tx,
             Err(error) => {
                 return Err(SendError::Connect {
@@ -239,6 +247,120 @@ impl Upstream {
         }
     }
 
+    /// Sends `req` over HTTP/2 (h2c, or h2 inside the mesh tunnel) to `target`, on the one
+    /// multiplexed connection kept per target. `req` must have an absolute URI.
+    pub async fn send_h2(
+        self: &Arc<Self>,
+        target: Target,
+        req: Request<UpstreamBody>,
+        metrics: &ClusterMetrics,
+    ) -> Result<Response<Incoming>, SendError> {
+        let existing = self
+            .h2
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&target).filter(|tx| !tx.is_closed()).cloned());
+        let mut tx = match existing {
+            Some(tx) => tx,
+            None => {
+                let timeout = self.cfg.connect_timeout;
+                let connected = tokio::time::timeout(timeout, async {
+                    let io = connect_io(&self.tls, &target).await?;
+                    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                        .handshake(io)
+                        .await
+                        .map_err(ConnectError::Handshake)?;
+                    let gauge = metrics.connect();
+                    tokio::spawn(async move {
+                        let _gauge = gauge;
+                        if let Err(error) = conn.await {
+                            debug!(%error, "upstream h2 connection ended with error");
+                        }
+                    });
+                    Ok::<_, ConnectError>(tx)
+                })
+                .await
+                .unwrap_or(Err(ConnectError::Timeout(timeout)));
+                match connected {
+                    Ok(tx) => {
+                        if let Ok(mut m) = self.h2.lock() {
+                            m.insert(target.clone(), tx.clone());
+                        }
+                        tx
+                    }
+                    Err(error) => {
+                        return Err(SendError::Connect {
+                            error,
+                            request: Box::new(req),
+                        });
+                    }
+                }
+            }
+        };
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(request) => {
+                    if let Ok(mut m) = self.h2.lock() {
+                        m.remove(&target);
+                    }
+                    Err(SendError::Connect {
+                        error: ConnectError::Closed(e.into_error()),
+                        request: Box::new(request),
+                    })
+                }
+                None => Err(SendError::Request(e.into_error())),
+            },
+        }
+    }
+
+    /// Sends an HTTP/1.1 upgrade request (e.g. WebSocket) on a new connection of its own, which
+    /// becomes the tunnel once the upstream answers 101.
+    pub async fn send_upgrade(
+        self: &Arc<Self>,
+        target: Target,
+        req: Request<UpstreamBody>,
+        metrics: &ClusterMetrics,
+    ) -> Result<Response<Incoming>, SendError> {
+        let timeout = self.cfg.connect_timeout;
+        let connected = tokio::time::timeout(timeout, async {
+            let io = connect_io(&self.tls, &target).await?;
+            let (tx, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(ConnectError::Handshake)?;
+            let gauge = metrics.connect();
+            tokio::spawn(async move {
+                let _gauge = gauge;
+                if let Err(error) = conn.with_upgrades().await {
+                    debug!(%error, "upstream upgrade connection ended with error");
+                }
+            });
+            Ok::<_, ConnectError>(tx)
+        })
+        .await
+        .unwrap_or(Err(ConnectError::Timeout(timeout)));
+        let mut tx: SendRequest<UpstreamBody> = match connected {
+            Ok(tx) => tx,
+            Err(error) => {
+                return Err(SendError::Connect {
+                    error,
+                    request: Box::new(req),
+                });
+            }
+        };
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(request) => Err(SendError::Connect {
+                    error: ConnectError::Closed(e.into_error()),
+                    request: Box::new(request),
+                }),
+                None => Err(SendError::Request(e.into_error())),
+            },
+        }
+    }
+
     /// Drops idle connections that are closed or past the idle timeout.
     pub fn prune(&self) {
         let timeout = self.cfg.idle_timeout;
@@ -247,6 +369,9 @@ impl Upstream {
                 conns.retain(|c| !c.tx.is_closed() && c.since.elapsed() < timeout);
                 !conns.is_empty()
             });
+        }
+        if let Ok(mut h2) = self.h2.lock() {
+            h2.retain(|_, tx| !tx.is_closed());
         }
     }
 
@@ -288,11 +413,16 @@ impl Upstream {
         });
     }
 
-    async fn connect(&self, target: &Target) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    async fn connect(
+        &self,
+        target: &Target,
+        metrics: &ClusterMetrics,
+    ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
         let timeout = self.cfg.connect_timeout;
-        tokio::time::timeout(timeout, connect(&self.tls, target))
+        let io = tokio::time::timeout(timeout, connect_io(&self.tls, target))
             .await
-            .map_err(|_| ConnectError::Timeout(timeout))?
+            .map_err(|_| ConnectError::Timeout(timeout))??;
+        handshake(io, metrics.connect()).await
     }
 }
 
@@ -305,22 +435,76 @@ async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
     Ok(tcp)
 }
 
-async fn connect(
-    tls: &MeshTls,
-    target: &Target,
-) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+/// A byte stream to an endpoint: TCP to a local one, or the mesh tunnel to a remote one.
+enum Io {
+    Tcp(TokioIo<TcpStream>),
+    Tunnel(Upgraded),
+}
+
+macro_rules! delegate_io {
+    ($self:ident, $io:ident => $call:expr) => {
+        match $self.get_mut() {
+            Io::Tcp($io) => $call,
+            Io::Tunnel($io) => $call,
+        }
+    };
+}
+
+impl hyper::rt::Read for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate_io!(self, io => Pin::new(io).poll_read(cx, buf))
+    }
+}
+
+impl hyper::rt::Write for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate_io!(self, io => Pin::new(io).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate_io!(self, io => Pin::new(io).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate_io!(self, io => Pin::new(io).poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate_io!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(io) => io.is_write_vectored(),
+            Io::Tunnel(io) => io.is_write_vectored(),
+        }
+    }
+}
+
+async fn connect_io(tls: &MeshTls, target: &Target) -> Result<Io, ConnectError> {
     match &target.via {
-        None => handshake(TokioIo::new(tcp_connect(target.addr).await?)).await,
-        Some(via) => {
-            let tunnel = mesh_tunnel(
+        None => Ok(Io::Tcp(TokioIo::new(tcp_connect(target.addr).await?))),
+        Some(via) => Ok(Io::Tunnel(
+            mesh_tunnel(
                 tls,
                 &crate::tls::service_key(INGRESS_NAMESPACE, INGRESS_SERVICE),
                 via,
                 target.addr,
             )
-            .await?;
-            handshake(tunnel).await
-        }
+            .await?,
+        )),
     }
 }
 
@@ -346,7 +530,11 @@ pub async fn mesh_tunnel(
         .map_err(|error| ConnectError::Tunnel { proxy, error })
 }
 
-async fn handshake<I>(io: I) -> Result<SendRequest<UpstreamBody>, ConnectError>
+/// HTTP/1.1 on `io`; `gauge` counts the connection as open until it closes.
+async fn handshake<I>(
+    io: I,
+    gauge: ConnectionGauge,
+) -> Result<SendRequest<UpstreamBody>, ConnectError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -355,6 +543,7 @@ where
         .await
         .map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
+        let _gauge = gauge;
         if let Err(error) = conn.await {
             debug!(%error, "upstream connection ended with error");
         }

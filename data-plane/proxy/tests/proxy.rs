@@ -532,7 +532,7 @@ async fn invalid_server_url_fails_run() {
                 node_secret: "s".into(),
                 datacenter: "dc1".into(),
             },
-            "127.0.0.1:4647".into(),
+            Some("127.0.0.1:4647".into()),
             async {},
         )
         .await

@@ -1,6 +1,7 @@
-//! The example workload shipped with Flotilla: a tiny HTTP server that answers with its
-//! allocation id and node name, so load balancing through the mesh is visible, and that can
-//! play the parts a deployment needs: a version, a slow start, a broken release.
+//! The example workload shipped with Flotilla: a tiny HTTP, WebSocket and gRPC server that
+//! answers with its allocation id and node name, so load balancing through the mesh is visible,
+//! and that can play the parts a deployment or a proxy test needs: a version, a slow start, a
+//! broken release, a failing instance, a request that fails once.
 //!
 //! - `GET /health` answers `ok` (200); with [`Config::healthy_after`] it answers 503 until that
 //!   long after start, and with [`Config::unhealthy`] always 500 — the checks a deployment
@@ -10,26 +11,47 @@
 //! - `GET /upstream/<name>/<path>` calls `/<path>` on the Connect upstream `<name>` (at
 //!   `$NOMAD_UPSTREAM_ADDR_<name>`, i.e. through the node proxy's localhost listener) and
 //!   answers `via upstream <name>: <its answer>`.
+//! - `/fail-once/<key>` (any method) answers 503 `failing once for <key>` the first time a key
+//!   is asked for, then 200 (`ok from allocation <id>: <key>`): for retry tests. The keys are
+//!   remembered per process, the [`FAIL_ONCE_KEYS`] most recent ones.
+//! - `GET /ws` upgrades to a WebSocket (HTTP/1.1 only): the server first sends the text
+//!   `hello from <alloc id>`, then echoes every text and binary message.
+//! - gRPC: a request whose `content-type` starts with `application/grpc` is a call to the
+//!   `flotilla.demo.v1.Echo` service (see `proto/flotilla/demo/v1/echo.proto`): `Say` (unary),
+//!   `Count` (server streaming) and `Chat` (bidirectional). The port speaks HTTP/1.1 and HTTP/2
+//!   (h2c with prior knowledge), so gRPC clients connect to it in plain text.
 //! - Every other path answers `hello from allocation <id> on node <node>`, then ` version <v>`
 //!   when [`Config::version`] is set, then the path, with the same facts in the `x-alloc-id`,
-//!   `x-node` and `x-app-version` headers (`x-app-version` is on every response when a version
-//!   is set).
+//!   `x-node` and `x-app-version` headers (`x-alloc-id` and `x-node` are on every response,
+//!   `x-app-version` too when a version is set).
+//!
+//! With [`Config::fail_status`] every request but `GET /health` (and `HEAD`) answers that
+//! status, gRPC calls and WebSocket handshakes included: an instance that is broken while its
+//! health check passes, for outlier-detection tests.
 //!
 //! [`serve`] runs until SIGTERM or SIGINT, then stops accepting, lets requests in flight finish
 //! within [`Config::drain_grace`] and returns `Ok`: a stopped instance fails no request it
-//! took. Run it with `flotilla demo-app --listen ADDR [--app-version V] [--healthy-after 3s]
-//! [--unhealthy]`.
+//! took (WebSocket connections, once upgraded, are not waited for). Run it with
+//! `flotilla demo-app --listen ADDR [--app-version V] [--healthy-after 3s] [--unhealthy]
+//! [--fail-status 500]`.
 
+mod grpc;
+mod ws;
+
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use flotilla_proto::demo::v1::echo_server::EchoServer;
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+pub use hyper::StatusCode;
 use hyper::body::{Body, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -51,6 +73,8 @@ pub struct Config {
     pub unhealthy: bool,
     /// Once shutdown is asked for, how long requests in flight may take to finish.
     pub drain_grace: Duration,
+    /// Every request but `GET /health` answers this status (see [`parse_fail_status`]).
+    pub fail_status: Option<StatusCode>,
 }
 
 impl Default for Config {
@@ -62,7 +86,61 @@ impl Default for Config {
             healthy_after: Duration::ZERO,
             unhealthy: false,
             drain_grace: DRAIN_GRACE,
+            fail_status: None,
         }
+    }
+}
+
+/// Parses `--fail-status`: an HTTP status from 200 to 599.
+pub fn parse_fail_status(s: &str) -> Result<StatusCode, String> {
+    let code: u16 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number; expected an HTTP status such as 500"))?;
+    if !(200..=599).contains(&code) {
+        return Err(format!(
+            "{code} is not a final HTTP status; expected one from 200 to 599"
+        ));
+    }
+    StatusCode::from_u16(code).map_err(|e| format!("{code}: {e}"))
+}
+
+/// How many keys `/fail-once/<key>` remembers; past that the oldest are forgotten (and would
+/// fail once more).
+pub const FAIL_ONCE_KEYS: usize = 100_000;
+
+/// The keys `/fail-once/` has seen, at most `limit` of them, the oldest forgotten first.
+#[derive(Debug)]
+struct SeenKeys {
+    keys: HashSet<Arc<str>>,
+    order: VecDeque<Arc<str>>,
+    limit: usize,
+}
+
+impl SeenKeys {
+    fn new(limit: usize) -> Self {
+        Self {
+            keys: HashSet::new(),
+            order: VecDeque::new(),
+            limit,
+        }
+    }
+
+    /// Remembers `key`; true if it was not remembered yet.
+    fn first_time(&mut self, key: &str) -> bool {
+        if self.keys.contains(key) {
+            return false;
+        }
+        while self.order.len() >= self.limit.max(1) {
+            match self.order.pop_front() {
+                Some(old) => self.keys.remove(&old),
+                None => break,
+            };
+        }
+        let key: Arc<str> = key.into();
+        self.keys.insert(key.clone());
+        self.order.push_back(key);
+        true
     }
 }
 
@@ -112,8 +190,10 @@ where
     );
     let grace = config.drain_grace;
     let state = Arc::new(State {
+        grpc: grpc::EchoService::server(config.alloc_id.clone(), config.node.clone()),
         config,
         started: Instant::now(),
+        seen: Mutex::new(SeenKeys::new(FAIL_ONCE_KEYS)),
     });
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -133,8 +213,9 @@ where
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| answer(req, state.clone()));
+            // HTTP/1.1 and HTTP/2 (h2c prior knowledge, for gRPC), and upgrades (WebSocket).
             let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             let _ = watcher.watch(conn).await;
         });
     };
@@ -158,6 +239,10 @@ where
 struct State {
     config: Config,
     started: Instant,
+    /// The keys `/fail-once/<key>` has answered.
+    seen: Mutex<SeenKeys>,
+    /// The gRPC echo service (cheap to clone: an `Arc` inside).
+    grpc: EchoServer<grpc::EchoService>,
 }
 
 /// `" version V"`, or nothing without a version.
@@ -242,18 +327,57 @@ where
     }
 }
 
+/// A response body: the HTTP routes' own, or a gRPC call's (with its trailers).
+type AnswerBody = Either<Full<Bytes>, tonic::body::Body>;
+
 async fn answer(
     req: Request<Incoming>,
     state: Arc<State>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut resp = route(req, &state).await;
-    let version = &state.config.version;
-    if !version.is_empty()
-        && let Ok(value) = hyper::header::HeaderValue::from_str(version)
-    {
-        resp.headers_mut().insert("x-app-version", value);
+) -> Result<Response<AnswerBody>, Infallible> {
+    let who = &state.config;
+    let mut resp = if let Some(status) = failing(&req, who) {
+        let why = format!(
+            "failing with {} (--fail-status) in allocation {} on node {}",
+            status.as_u16(),
+            who.alloc_id,
+            who.node
+        );
+        if grpc::is_grpc(&req) {
+            grpc::failure::<Full<Bytes>>(status, &why).map(Either::Left)
+        } else {
+            text(status, format!("{why}\n"), &state).map(Either::Left)
+        }
+    } else if grpc::is_grpc(&req) {
+        grpc::call(state.grpc.clone(), req).await.map(Either::Right)
+    } else {
+        route(req, &state).await.map(Either::Left)
+    };
+    let headers = resp.headers_mut();
+    for (name, value) in [
+        ("x-alloc-id", &who.alloc_id),
+        ("x-node", &who.node),
+        ("x-app-version", &who.version),
+    ] {
+        if !value.is_empty()
+            && !headers.contains_key(name)
+            && let Ok(value) = HeaderValue::from_str(value)
+        {
+            headers.insert(name, value);
+        }
     }
     Ok(resp)
+}
+
+/// The status to fail `req` with under `--fail-status`: every request but the health check.
+fn failing<B>(req: &Request<B>, config: &Config) -> Option<StatusCode> {
+    let health_check = (req.method() == Method::GET || req.method() == Method::HEAD)
+        && req.uri().path() == "/health";
+    config.fail_status.filter(|_| !health_check)
+}
+
+/// `/fail-once/<key>` → the key (not empty).
+fn fail_once_key(path: &str) -> Option<&str> {
+    path.strip_prefix("/fail-once/").filter(|k| !k.is_empty())
 }
 
 /// `GET /health`: (status, body) from the configured behaviour and the time since start.
@@ -322,6 +446,26 @@ async fn route(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     if req.uri().path() == "/health" {
         let (status, body) = health(who, state.started.elapsed());
         return text(status, body, state);
+    }
+    if let Some(key) = fail_once_key(req.uri().path()) {
+        let first = state
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first_time(key);
+        return if first {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("failing once for {key}\n"),
+                state,
+            )
+        } else {
+            let body = format!("ok from allocation {}: {key}\n", who.alloc_id);
+            text(StatusCode::OK, body, state)
+        };
+    }
+    if req.method() == Method::GET && req.uri().path() == "/ws" {
+        return ws::accept(req, &who.alloc_id);
     }
     let body = format!(
         "hello from allocation {} on node {}{} (path {})\n",
@@ -651,5 +795,264 @@ mod tests {
             .expect("an answer without the body being sent");
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    }
+
+    #[test]
+    fn fail_status_is_parsed_and_checked() {
+        assert_eq!(
+            parse_fail_status("500"),
+            Ok(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        assert_eq!(parse_fail_status(" 404 "), Ok(StatusCode::NOT_FOUND));
+        for bad in ["", "abc", "101", "600", "70000", "-1"] {
+            let err = parse_fail_status(bad).unwrap_err();
+            assert!(err.contains("expected"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn seen_keys_fail_once_and_forget_the_oldest() {
+        let mut seen = SeenKeys::new(2);
+        assert!(seen.first_time("a"));
+        assert!(!seen.first_time("a"));
+        assert!(seen.first_time("b"));
+        assert!(seen.first_time("c")); // forgets "a"
+        assert!(!seen.first_time("b"));
+        assert!(!seen.first_time("c"));
+        assert!(seen.first_time("a"));
+        assert_eq!((seen.keys.len(), seen.order.len()), (2, 2));
+        assert_eq!(fail_once_key("/fail-once/x/y"), Some("x/y"));
+        assert_eq!(fail_once_key("/fail-once/"), None);
+        assert_eq!(fail_once_key("/fail-oncex"), None);
+    }
+
+    /// A tonic client over h2c (prior knowledge) to the demo app at `addr`.
+    async fn grpc_client(
+        addr: SocketAddr,
+    ) -> flotilla_proto::demo::v1::echo_client::EchoClient<tonic::transport::Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        flotilla_proto::demo::v1::echo_client::EchoClient::new(channel)
+    }
+
+    #[tokio::test]
+    async fn fail_status_fails_everything_but_the_health_check() {
+        let addr = start_with(Config {
+            fail_status: Some(StatusCode::INTERNAL_SERVER_ERROR),
+            ..config()
+        })
+        .await;
+        let (status, headers, body) = get(addr, "/x").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body,
+            "failing with 500 (--fail-status) in allocation a1 on node n1\n"
+        );
+        assert_eq!(headers["x-alloc-id"], "a1");
+        for path in ["/fail-once/k", "/ws", "/upstream/u/x"] {
+            assert_eq!(
+                get(addr, path).await.0,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{path}"
+            );
+        }
+        let (status, _, body) = get(addr, "/health").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+        // gRPC calls fail too: HTTP 500, and the gRPC status a client infers from it.
+        let err = grpc_client(addr)
+            .await
+            .say(flotilla_proto::demo::v1::SayRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unknown, "{err}");
+        assert_eq!(
+            err.message(),
+            "failing with 500 (--fail-status) in allocation a1 on node n1"
+        );
+
+        let addr = start_with(Config {
+            fail_status: Some(StatusCode::SERVICE_UNAVAILABLE),
+            ..config()
+        })
+        .await;
+        assert_eq!(get(addr, "/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        let mut client = grpc_client(addr).await;
+        let request = flotilla_proto::demo::v1::CountRequest {
+            n: 3,
+            interval_ms: 0,
+        };
+        let err = client.count(request).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    }
+
+    #[tokio::test]
+    async fn fail_once_fails_the_first_request_of_each_key() {
+        let addr = start().await;
+        let (status, _, body) = get(addr, "/fail-once/k1").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "failing once for k1\n");
+        for _ in 0..2 {
+            let (status, headers, body) = get(addr, "/fail-once/k1").await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, "ok from allocation a1: k1\n");
+            assert_eq!(headers["x-alloc-id"], "a1");
+        }
+        let (status, _, body) = get(addr, "/fail-once/k2").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "failing once for k2\n")
+        );
+        assert_eq!(get(addr, "/fail-once/k2").await.0, StatusCode::OK);
+        // Another process (instance) remembers its own keys.
+        let other = start().await;
+        assert_eq!(
+            get(other, "/fail-once/k1").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    /// The next WebSocket message, within 10 s.
+    async fn next<S>(
+        ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    ) -> Option<
+        Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>,
+    >
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a WebSocket message or the end within 10 s")
+    }
+
+    #[tokio::test]
+    async fn websocket_says_hello_then_echoes() {
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+
+        let addr = start().await;
+        let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(resp.headers()["x-alloc-id"], "a1");
+        let hello = next(&mut ws).await.unwrap().unwrap();
+        assert_eq!(hello, Message::text("hello from a1"));
+        for msg in [
+            Message::text("one"),
+            Message::binary(vec![0u8, 1, 2, 255]),
+            Message::text("two"),
+        ] {
+            ws.send(msg.clone()).await.unwrap();
+            assert_eq!(next(&mut ws).await.unwrap().unwrap(), msg);
+        }
+        ws.close(None).await.unwrap();
+        // The server returns the close, then the stream ends.
+        loop {
+            match next(&mut ws).await {
+                Some(Ok(Message::Close(_))) => {}
+                None | Some(Err(_)) => break,
+                Some(Ok(other)) => panic!("after close: {other:?}"),
+            }
+        }
+
+        // A plain GET is refused with 426, and the server keeps serving.
+        let (status, headers, _) = get(addr, "/ws").await;
+        assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(get(addr, "/x").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn grpc_unary_streaming_and_bidi_over_h2c() {
+        use flotilla_proto::demo::v1::{CountRequest, SayRequest};
+        use futures::{SinkExt, StreamExt};
+
+        let addr = start().await;
+        let mut client = grpc_client(addr).await;
+
+        // Unary.
+        let resp = client
+            .say(SayRequest {
+                message: "hi".into(),
+                fail_code: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.metadata().get("x-alloc-id").unwrap(), "a1");
+        let reply = resp.into_inner();
+        assert_eq!(
+            (
+                reply.message.as_str(),
+                reply.alloc_id.as_str(),
+                reply.node.as_str()
+            ),
+            ("hi", "a1", "n1")
+        );
+        let err = client
+            .say(SayRequest {
+                message: "x".into(),
+                fail_code: tonic::Code::Unavailable as u32,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+        assert!(err.message().contains("allocation a1"), "{err}");
+
+        // Server streaming: n replies, then OK (trailers with grpc-status 0).
+        for interval_ms in [0, 1] {
+            let mut stream = client
+                .count(CountRequest { n: 5, interval_ms })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut numbers = Vec::new();
+            while let Some(reply) = stream.message().await.unwrap() {
+                assert_eq!(reply.alloc_id, "a1");
+                numbers.push(reply.number);
+            }
+            assert_eq!(numbers, [1, 2, 3, 4, 5]);
+            let trailers = stream.trailers().await.unwrap().unwrap();
+            assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+        }
+        let err = client
+            .count(CountRequest {
+                n: 1_000_000,
+                interval_ms: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+        // Bidirectional: each answer arrives before the next message is sent.
+        let (mut tx, rx) = futures::channel::mpsc::channel::<SayRequest>(4);
+        let mut replies = client.chat(rx).await.unwrap().into_inner();
+        for word in ["a", "b", "c"] {
+            tx.send(SayRequest {
+                message: word.into(),
+                fail_code: 0,
+            })
+            .await
+            .unwrap();
+            let reply = tokio::time::timeout(Duration::from_secs(10), replies.message())
+                .await
+                .expect("an answer while the request stream is open")
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (reply.message.as_str(), reply.alloc_id.as_str()),
+                (word, "a1")
+            );
+        }
+        drop(tx);
+        assert!(replies.message().await.unwrap().is_none());
+        assert!(replies.next().await.is_none());
+
+        // HTTP/1.1 on the same port still answers.
+        assert_eq!(get(addr, "/x").await.0, StatusCode::OK);
     }
 }

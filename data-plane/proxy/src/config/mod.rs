@@ -15,7 +15,13 @@ use serde_json::{Value, json};
 
 use crate::tls::{SpiffeId, Trust};
 
+mod http_route;
 mod policy;
+
+pub use http_route::{
+    HeaderMatcher, HttpMatch, HttpRoute, PathMatch, QueryMatcher, RetryPolicy, ServiceRoutes,
+    ValueMatch, WeightedCluster,
+};
 
 pub use policy::{
     CircuitBreakers, ClusterPolicy, HashPolicy, HashSource, LbPolicy, OutlierDetection, Protocol,
@@ -314,8 +320,13 @@ pub fn parse_clusters(resources: &[pb::Resource]) -> Result<Vec<Cluster>, Config
 }
 
 /// Parses and validates a full set of `Route` resources (state of the world).
-pub fn parse_routes(resources: &[pb::Resource]) -> Result<Vec<Route>, ConfigError> {
+/// Route responses carry the ingress [`Route`]s and the services' [`ServiceRoutes`] tables.
+pub fn parse_routes(
+    resources: &[pb::Resource],
+) -> Result<(Vec<Route>, Vec<ServiceRoutes>), ConfigError> {
     let mut routes = Vec::with_capacity(resources.len());
+    let mut tables: Vec<ServiceRoutes> = Vec::new();
+    let mut services = HashSet::new();
     for (index, resource) in resources.iter().enumerate() {
         let err = |field: &str, problem: String| ConfigError {
             resource: resource_label("route", index, &resource.name),
@@ -324,6 +335,23 @@ pub fn parse_routes(resources: &[pb::Resource]) -> Result<Vec<Route>, ConfigErro
         };
         let route = match &resource.kind {
             Some(Kind::Route(r)) => r,
+            Some(Kind::ServiceRoutes(t)) => {
+                let table = http_route::parse_service_routes(t).map_err(|(field, problem)| {
+                    ConfigError {
+                        resource: resource_label("service routes", index, &resource.name),
+                        field,
+                        problem,
+                    }
+                })?;
+                if !services.insert(table.service.clone()) {
+                    return Err(err(
+                        "service",
+                        format!("a second route table for service {:?}", table.service),
+                    ));
+                }
+                tables.push(table);
+                continue;
+            }
             other => return Err(err("kind", wrong_kind(other, "Route"))),
         };
         if !route.path_prefix.starts_with('/') {
@@ -357,7 +385,7 @@ pub fn parse_routes(resources: &[pb::Resource]) -> Result<Vec<Route>, ConfigErro
             cluster: route.cluster.clone(),
         });
     }
-    Ok(routes)
+    Ok((routes, tables))
 }
 
 /// An upstream listener: the app of `alloc_id` connects to `bind`, and the connection is
@@ -770,7 +798,8 @@ mod tests {
 
     #[test]
     fn route_validation() {
-        let routes = parse_routes(&[route_resource("API.Example.com:8080", "/v1", "api")]).unwrap();
+        let (routes, _) =
+            parse_routes(&[route_resource("API.Example.com:8080", "/v1", "api")]).unwrap();
         assert_eq!(routes[0].host, "api.example.com");
         let err = parse_routes(&[route_resource("", "v1", "api")]).unwrap_err();
         assert_eq!(err.field, "path_prefix");

@@ -1216,7 +1216,7 @@ impl TestProxy {
             node_secret: node_secret(node_id),
             datacenter: DC.into(),
         };
-        let task = tokio::spawn(bound.run(node, server, async {
+        let task = tokio::spawn(bound.run(node, Some(server), async {
             let _ = rx.await;
         }));
         TestProxy {

@@ -1,0 +1,444 @@
+//! `flotilla-bench-proxy`: the node proxy against HAProxy and nginx, in one run.
+//!
+//! ```sh
+//! cargo build --release -p flotilla -p flotilla-bench-proxy
+//! ./target/release/flotilla-bench-proxy                 # 10 s per cell, every section
+//! ./target/release/flotilla-bench-proxy --quick         # 3 s per cell
+//! ./target/release/flotilla-bench-proxy --repeats 3     # medians of 3 runs per cell
+//! ./target/release/flotilla-bench-proxy --section idle  # idle RSS with 1,000 services only
+//! ```
+//!
+//! Sections:
+//! * `load`: direct, `flotilla proxy --bootstrap`, HAProxy and nginx in front of one upstream
+//!   (this binary's hidden `upstream` subcommand), at two shapes: HTTP/1.1 keep-alive with 64
+//!   connections (`wrk`) and h2c with 4 connections × 100 streams (`h2load`). Per cell:
+//!   req/s, p50, p99, errors, the proxy's CPU seconds (its whole process tree) and peak RSS.
+//!   Then Flotilla ÷ HAProxy, with PASS/FAIL against the targets at HTTP/1.1.
+//! * `idle`: `flotilla proxy`'s RSS, ready and idle, with a 1,000-service bootstrap.
+//!
+//! wrk, h2load, haproxy and nginx are installed with apt-get when missing.
+
+mod contenders;
+mod idle;
+mod load;
+mod procs;
+mod tools;
+mod upstream;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::contenders::{Contender, Kind};
+use crate::load::{LoadResult, Shape};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    Load,
+    Idle,
+    All,
+}
+
+/// Node proxy benchmark: prints markdown figures and checks them against the targets.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Which section to run.
+    #[arg(long, value_enum, default_value_t = Section::All)]
+    section: Section,
+    /// Measured time per cell (one path at one shape).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Unmeasured load before each measured run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    warmup: Duration,
+    /// 3 s per cell and a 1 s warm-up (overrides --duration and --warmup).
+    #[arg(long)]
+    quick: bool,
+    /// Measured runs per cell; medians are reported.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
+    /// The release `flotilla` binary (default: <workspace>/target/release/flotilla, built
+    /// with `cargo build --release --bin flotilla` if missing).
+    #[arg(long = "flotilla-bin", env = "FLOTILLA_BIN")]
+    flotilla_bin: Option<PathBuf>,
+    /// Fail instead of running apt-get when a tool is missing.
+    #[arg(long)]
+    no_install: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Internal: the upstream every path ends at.
+    #[command(hide = true)]
+    Upstream(upstream::UpstreamArgs),
+}
+
+/// One measured run of one cell.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    load: LoadResult,
+    /// Proxy CPU seconds (utime + stime of its process tree) over the run.
+    cpu: Option<f64>,
+    /// Peak RSS of the proxy's process tree during the run (or since start), bytes.
+    peak_rss: Option<u64>,
+    /// The upstream's CPU seconds over the run.
+    upstream_cpu: f64,
+}
+
+/// The medians of one cell's runs.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    kind: Kind,
+    shape: Shape,
+    req_per_sec: f64,
+    p50: f64,
+    p99: f64,
+    errors: u64,
+    cpu: Option<f64>,
+    /// Proxy CPU microseconds per request.
+    cpu_per_req: Option<f64>,
+    peak_rss: Option<u64>,
+    upstream_cpu: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Cell {
+    fn from_runs(kind: Kind, shape: Shape, runs: &[Run]) -> Cell {
+        let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        let opt = |f: &dyn Fn(&Run) -> Option<f64>| {
+            let v: Vec<f64> = runs.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        Cell {
+            kind,
+            shape,
+            req_per_sec: m(&|r| r.load.req_per_sec),
+            p50: m(&|r| r.load.p50),
+            p99: m(&|r| r.load.p99),
+            errors: runs.iter().map(|r| r.load.errors).sum(),
+            cpu: opt(&|r| r.cpu),
+            cpu_per_req: opt(&|r| r.cpu.map(|c| c * 1e6 / r.load.requests.max(1) as f64)),
+            peak_rss: opt(&|r| r.peak_rss.map(|b| b as f64)).map(|b| b as u64),
+            upstream_cpu: m(&|r| r.upstream_cpu),
+        }
+    }
+}
+
+/// Settings of the load section, for the report.
+#[derive(Debug)]
+struct LoadSettings {
+    duration: Duration,
+    warmup: Duration,
+    repeats: u32,
+    peak_rss_per_run: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Command::Upstream(u)) = &args.command {
+        return upstream::serve(u);
+    }
+    let (duration, warmup) = if args.quick {
+        (Duration::from_secs(3), Duration::from_secs(1))
+    } else {
+        (args.duration, args.warmup)
+    };
+    anyhow::ensure!(
+        duration >= Duration::from_secs(1),
+        "--duration must be at least 1s (the load generators count whole seconds)"
+    );
+
+    let tools = tools::ensure(args.no_install)?;
+    let (bin, built) = contenders::flotilla_bin(args.flotilla_bin.as_deref())?;
+    let dir = tempfile::Builder::new()
+        .prefix("flotilla-bench-proxy-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let (mut upstream_proc, upstream_addr) = upstream::start(dir.path())?;
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load_before = procs::loadavg();
+
+    println!("# flotilla-bench-proxy");
+    println!();
+    println!(
+        "- machine: {cpus} CPUs, load average {load_before} at start; everything (client, \
+         proxy, upstream) shares these CPUs, nothing is pinned"
+    );
+    println!("- tools: {}; {}", tools.note, tools::client_versions());
+    println!(
+        "- flotilla: `{}`{}",
+        bin.display(),
+        if built {
+            " (built by this run: `cargo build --release --bin flotilla`)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "- upstream: this binary's `upstream` subcommand on {upstream_addr}: hyper, \
+         multi-threaded tokio, HTTP/1.1 + h2c, `GET /` → 200 with a {}-byte body",
+        upstream::BODY.len()
+    );
+    println!();
+
+    if matches!(args.section, Section::Load | Section::All) {
+        let settings = LoadSettings {
+            duration,
+            warmup,
+            repeats: args.repeats,
+            peak_rss_per_run: true,
+        };
+        let mut paths = vec![contenders::direct(upstream_addr)];
+        paths.push(contenders::flotilla(&bin, upstream_addr, dir.path())?);
+        paths.push(contenders::haproxy(
+            &tools.haproxy,
+            upstream_addr,
+            dir.path(),
+        )?);
+        paths.push(contenders::nginx(&tools.nginx, upstream_addr, dir.path())?);
+        for c in &paths {
+            for shape in Shape::ALL {
+                load::probe(shape, &c.url(shape))
+                    .with_context(|| format!("{} does not answer", c.kind.name()))?;
+            }
+        }
+        let (cells, settings) = run_load(&mut paths, upstream_proc.pid(), dir.path(), settings)?;
+        upstream_proc.check_running()?;
+        print_load(&paths, &cells, &settings);
+    }
+    if matches!(args.section, Section::Idle | Section::All) {
+        let report = idle::run(&bin, upstream_addr, dir.path())?;
+        idle::print(&report);
+    }
+    println!("Load average at the end: {}.", procs::loadavg());
+    Ok(())
+}
+
+/// Every cell, `repeats` times: for each repeat, each shape, each path (interleaved, so a
+/// background load hits all paths alike), a warm-up then a measured run.
+fn run_load(
+    paths: &mut [Contender],
+    upstream_pid: u32,
+    dir: &std::path::Path,
+    mut settings: LoadSettings,
+) -> anyhow::Result<(Vec<Cell>, LoadSettings)> {
+    let h2log = dir.join("h2load.log");
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); paths.len() * Shape::ALL.len()];
+    for repeat in 0..settings.repeats {
+        for (s, shape) in Shape::ALL.into_iter().enumerate() {
+            for (p, path) in paths.iter_mut().enumerate() {
+                let url = path.url(shape);
+                let warm = load::run(shape, &url, settings.warmup, &h2log)
+                    .with_context(|| format!("warm-up of {} ({})", path.kind.name(), url))?;
+                let pid = path.pid();
+                if let Some(pid) = pid {
+                    settings.peak_rss_per_run &= procs::reset_peak_rss(pid);
+                }
+                let cpu0 = pid.map(procs::tree_cpu_secs);
+                let up0 = procs::tree_cpu_secs(upstream_pid);
+                let result = load::run(shape, &url, settings.duration, &h2log)
+                    .with_context(|| format!("{} ({})", path.kind.name(), url))?;
+                let up1 = procs::tree_cpu_secs(upstream_pid);
+                let cpu = pid.map(procs::tree_cpu_secs).zip(cpu0).map(|(b, a)| b - a);
+                let peak_rss = pid.map(procs::tree_peak_rss);
+                if let Some(proc) = path.proc.as_mut() {
+                    proc.check_running()?;
+                }
+                eprintln!(
+                    "run {}/{} {:8} {:8}: {:>9.0} req/s, p50 {}, p99 {}, errors {}, proxy CPU {}, \
+                     upstream CPU {:.2} s (warm-up {:.0} req/s)",
+                    repeat + 1,
+                    settings.repeats,
+                    shape.short(),
+                    path.kind.name(),
+                    result.req_per_sec,
+                    ms(result.p50),
+                    ms(result.p99),
+                    result.errors,
+                    cpu.map_or("-".into(), |c| format!("{c:.2} s")),
+                    up1 - up0,
+                    warm.req_per_sec,
+                );
+                runs[s * paths.len() + p].push(Run {
+                    load: result,
+                    cpu,
+                    peak_rss,
+                    upstream_cpu: up1 - up0,
+                });
+            }
+        }
+    }
+    let mut cells = Vec::new();
+    for (s, shape) in Shape::ALL.into_iter().enumerate() {
+        for (p, path) in paths.iter().enumerate() {
+            cells.push(Cell::from_runs(
+                path.kind,
+                shape,
+                &runs[s * paths.len() + p],
+            ));
+        }
+    }
+    Ok((cells, settings))
+}
+
+fn ms(secs: f64) -> String {
+    if secs.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.2} ms", secs * 1e3)
+    }
+}
+
+fn cell(cells: &[Cell], kind: Kind, shape: Shape) -> Option<&Cell> {
+    cells.iter().find(|c| c.kind == kind && c.shape == shape)
+}
+
+fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
+    println!("## Reverse proxies in front of one upstream");
+    println!();
+    println!(
+        "Each cell: {:.0} s warm-up, then {:.0} s measured; {} measured run(s) per cell{}. \
+         Proxy CPU = utime + stime of the proxy's process tree (nginx master + workers) from \
+         `/proc/<pid>/stat`, before and after the measured run; CPU/req = that over the requests \
+         served. Peak RSS = VmHWM summed over the tree, {}. MB = 10^6 bytes.",
+        settings.warmup.as_secs_f64(),
+        settings.duration.as_secs_f64(),
+        settings.repeats,
+        if settings.repeats > 1 {
+            " (medians)"
+        } else {
+            ""
+        },
+        if settings.peak_rss_per_run {
+            "reset before each measured run (`clear_refs` 5), so the peak of that run"
+        } else {
+            "peak since the process started (resetting it was not allowed)"
+        },
+    );
+    println!();
+    for c in paths {
+        println!("- {}: {}", c.kind.name(), c.about);
+    }
+    println!();
+    for shape in Shape::ALL {
+        println!("### {}", shape.title());
+        println!();
+        println!(
+            "| path | req/s | p50 | p99 | errors | proxy CPU | CPU/req | peak RSS | upstream CPU |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for c in cells.iter().filter(|c| c.shape == shape) {
+            println!(
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.2} s |",
+                c.kind.name(),
+                c.req_per_sec,
+                ms(c.p50),
+                ms(c.p99),
+                c.errors,
+                c.cpu.map_or("-".into(), |v| format!("{v:.2} s")),
+                c.cpu_per_req.map_or("-".into(), |v| format!("{v:.1} µs")),
+                c.peak_rss
+                    .map_or("-".into(), |b| format!("{:.1} MB", b as f64 / 1e6)),
+                c.upstream_cpu,
+            );
+        }
+        println!();
+    }
+
+    println!("### Flotilla ÷ HAProxy");
+    println!();
+    println!("| shape | req/s | p99 | CPU/req | peak RSS |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 && a.is_finite() && b.is_finite() => Some(a / b),
+        _ => None,
+    };
+    let fmt = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}×"));
+    for shape in Shape::ALL {
+        let (f, h) = (
+            cell(cells, Kind::Flotilla, shape),
+            cell(cells, Kind::HAProxy, shape),
+        );
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            shape.short(),
+            fmt(ratio(f.map(|c| c.req_per_sec), h.map(|c| c.req_per_sec))),
+            fmt(ratio(f.map(|c| c.p99), h.map(|c| c.p99))),
+            fmt(ratio(
+                f.and_then(|c| c.cpu_per_req),
+                h.and_then(|c| c.cpu_per_req)
+            )),
+            fmt(ratio(
+                f.and_then(|c| c.peak_rss.map(|b| b as f64)),
+                h.and_then(|c| c.peak_rss.map(|b| b as f64))
+            )),
+        );
+    }
+    println!();
+    let verdict = |pass: bool| if pass { "PASS" } else { "FAIL" };
+    if let (Some(f), Some(h)) = (
+        cell(cells, Kind::Flotilla, Shape::Http1),
+        cell(cells, Kind::HAProxy, Shape::Http1),
+    ) {
+        let r = f.req_per_sec / h.req_per_sec;
+        println!(
+            "- {}: HTTP/1.1 req/s: Flotilla {:.0} = {r:.2} × HAProxy {:.0} (target ≥ 1.00 ×)",
+            verdict(r >= 1.0),
+            f.req_per_sec,
+            h.req_per_sec
+        );
+        println!(
+            "- {}: HTTP/1.1 p99: Flotilla {} vs HAProxy {} (target: Flotilla ≤ HAProxy)",
+            verdict(f.p99 <= h.p99),
+            ms(f.p99),
+            ms(h.p99)
+        );
+    }
+    let with_errors: Vec<String> = cells
+        .iter()
+        .filter(|c| c.errors > 0)
+        .map(|c| format!("{} {} ({})", c.kind.name(), c.shape.short(), c.errors))
+        .collect();
+    if with_errors.is_empty() {
+        println!("- every request of every cell got a 2xx");
+    } else {
+        println!(
+            "- requests without a 2xx (counted in req/s above, so read those cells with care): {}",
+            with_errors.join(", ")
+        );
+    }
+    println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_100_bytes() {
+        assert_eq!(upstream::BODY.len(), 100);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+}
