@@ -28,8 +28,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Direct, Kind::Flotilla, Kind::HAProxy, Kind::Nginx];
-
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",

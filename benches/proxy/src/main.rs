@@ -239,7 +239,8 @@ fn run_load(
     mut settings: LoadSettings,
 ) -> anyhow::Result<(Vec<Cell>, LoadSettings)> {
     let h2log = dir.join("h2load.log");
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); paths.len() * Shape::ALL.len()];
+    let n = paths.len();
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); n * Shape::ALL.len()];
     for repeat in 0..settings.repeats {
         for (s, shape) in Shape::ALL.into_iter().enumerate() {
             for (p, path) in paths.iter_mut().enumerate() {
@@ -275,7 +276,7 @@ fn run_load(
                     up1 - up0,
                     warm.req_per_sec,
                 );
-                runs[s * paths.len() + p].push(Run {
+                runs[s * n + p].push(Run {
                     load: result,
                     cpu,
                     peak_rss,
@@ -287,11 +288,7 @@ fn run_load(
     let mut cells = Vec::new();
     for (s, shape) in Shape::ALL.into_iter().enumerate() {
         for (p, path) in paths.iter().enumerate() {
-            cells.push(Cell::from_runs(
-                path.kind,
-                shape,
-                &runs[s * paths.len() + p],
-            ));
+            cells.push(Cell::from_runs(path.kind, shape, &runs[s * n + p]));
         }
     }
     Ok((cells, settings))

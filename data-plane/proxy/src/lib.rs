@@ -8,15 +8,16 @@
 //!   [`BoundProxy::config`]) swaps in new ones.
 //! - [`ProxyError`] (start-up, names the listener and address) and [`RequestError`] (one
 //!   request: where it failed, whether a retry is safe, which status it answers).
-//! - [`metrics::Metrics`] (Prometheus `/metrics`; per-cluster and per-route handles made when
-//!   snapshots are built) and [`access_log::AccessLog`] (optional JSON lines, never blocking).
+//! - [`metrics::Metrics`] (Prometheus `/metrics`; per-cluster and per-route handles made on
+//!   first use by a snapshot's entries) and [`access_log::AccessLog`] (optional JSON lines, never blocking).
 //!
 //! # Data flow
 //! ```text
 //!  control plane ──gRPC Stream──▶ xds::DiscoveryClient ──validate (config)──▶ ArcSwap<Snapshot>
 //!                 ◀── ACK / NACK ─┘                                              │ load()
 //!                ◀── CSR ── tls::issuer (key stays here) ──▶ tls::Certs ─────────┤
-//!  client ──HTTP──▶ ingress ──router──▶ balance (round robin, healthy only) ─────┤
+//!  client ──HTTP──▶ ingress ──router──▶ l7: route table, split, limits, retries ──┤
+//!                                        └─ balance: policy picks, ejected skipped ┤
 //!  app ──TCP──▶ 127.0.0.1:<upstream port> (outbound) ──balance───────────────────┘
 //!                      │
 //!                      ├─ local instance: intention check, TCP to the workload (splice for L4)

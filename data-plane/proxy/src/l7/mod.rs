@@ -185,6 +185,9 @@ pub async fn forward(
     } else {
         RequestBody::Stream(Some(incoming.boxed()))
     };
+    let template = matches!(body, RequestBody::Kept(_)).then(|| parts.clone());
+    let mut head = Some(parts);
+    let mut handed_back: Option<Request<UpstreamBody>> = None;
     let max_attempts = retry.connect_attempts.max(retry.num_retries + 1) as usize;
     let picks = cluster
         .balancer()
@@ -201,17 +204,24 @@ pub async fn forward(
         let index = picks[n % picks.len()];
         let endpoint = &healthy[index];
         let state = &states[index];
-        let attempt_body: UpstreamBody = match &mut body {
-            RequestBody::Kept(bytes) => Full::new(bytes.clone())
-                .map_err(|never| match never {})
-                .boxed(),
-            RequestBody::Stream(stream) => match stream.take() {
-                Some(s) => s,
-                // The one-shot body went with an earlier attempt that was sent.
-                None => break,
-            },
+        // The first attempt takes the head; a connect failure hands the request back whole;
+        // a retry of a sent request needs a kept body and a copy of the head.
+        let attempt = if let Some(r) = handed_back.take() {
+            r
+        } else if let Some(p) = head.take() {
+            let first = match &mut body {
+                RequestBody::Kept(bytes) => kept(bytes),
+                RequestBody::Stream(stream) => match stream.take() {
+                    Some(s) => s,
+                    None => break,
+                },
+            };
+            Request::from_parts(p, first)
+        } else if let (Some(t), RequestBody::Kept(bytes)) = (&template, &body) {
+            Request::from_parts(t.clone(), kept(bytes))
+        } else {
+            break;
         };
-        let attempt = Request::from_parts(parts.clone(), attempt_body);
         report.attempts += 1;
         report.endpoint = Some(endpoint.address);
         let in_flight = state.start();
@@ -285,10 +295,8 @@ pub async fn forward(
                     });
                 }
                 warn!(cluster = %c.name, %target, %error, "upstream connect failed (nothing sent; safe to retry)");
-                if let RequestBody::Stream(s) = &mut body {
-                    // Nothing was sent: the body can go with the next attempt.
-                    *s = Some(request.into_body());
-                }
+                // Nothing was sent: the request goes whole to the next endpoint.
+                handed_back = Some(*request);
                 // Connect failures move on to other endpoints only, never back to this one.
                 if n + 1 >= (retry.connect_attempts as usize).min(picks.len()) {
                     return Err(RequestError::Connect {
@@ -533,6 +541,12 @@ fn switch_protocols<G: Send + Sync + Unpin + 'static>(
     // 101 keeps `Upgrade` and `Connection: upgrade`; the body is empty.
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, empty())
+}
+
+fn kept(bytes: &Bytes) -> UpstreamBody {
+    Full::new(bytes.clone())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body (for responses this proxy makes).
