@@ -319,6 +319,8 @@ Subsets = {
     );
     wait_endpoints(&c, "v1.web", 1).await;
     wait_endpoints(&c, "v2.web", 1).await;
+    // Node-1's proxy reaches node-2's instance once its ingress certificate is issued.
+    serving(&ingress, "web.example").await;
 
     // 1. The 90/10 split over 10,000 requests.
     let began = Instant::now();
@@ -735,6 +737,28 @@ LoadBalancer {
 
     // 7. gRPC streaming and a WebSocket echo through two proxies (node-1 ingress → node-2).
     grpc_and_websocket(&c, &ingress).await;
+}
+
+/// Waits until 20 requests in a row to `host` answer 200.
+async fn serving(ingress: &str, host: &str) {
+    let cl = client();
+    eventually(
+        &format!("{host} answers through the ingress"),
+        Duration::from_secs(30),
+        || {
+            let cl = cl.clone();
+            async move {
+                for _ in 0..20 {
+                    match request(&cl, &format!("{ingress}/"), host, &[]).await {
+                        Ok((200, _)) => {}
+                        _ => return None,
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
 }
 
 fn rand_key() -> u64 {

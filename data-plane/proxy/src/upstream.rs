@@ -169,6 +169,18 @@ pub enum SendError {
     Request(hyper::Error),
 }
 
+/// A failed `try_send_request`: the request handed back when the connection closed before it
+/// was written (safe to send elsewhere), else the error.
+fn unsent(mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>) -> SendError {
+    match e.take_message() {
+        Some(request) => SendError::Connect {
+            error: ConnectError::Closed(e.into_error()),
+            request: Box::new(request),
+        },
+        None => SendError::Request(e.into_error()),
+    }
+}
+
 struct Idle {
     tx: SendRequest<UpstreamBody>,
     since: Instant,
@@ -237,13 +249,7 @@ impl Upstream {
                 self.release(target, tx);
                 Ok(resp)
             }
-            Err(mut e) => match e.take_message() {
-                Some(request) => Err(SendError::Connect {
-                    error: ConnectError::Closed(e.into_error()),
-                    request: Box::new(request),
-                }),
-                None => Err(SendError::Request(e.into_error())),
-            },
+            Err(e) => Err(unsent(e)),
         }
     }
 
@@ -297,21 +303,13 @@ impl Upstream {
                 }
             }
         };
-        match tx.try_send_request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(mut e) => match e.take_message() {
-                Some(request) => {
-                    if let Ok(mut m) = self.h2.lock() {
-                        m.remove(&target);
-                    }
-                    Err(SendError::Connect {
-                        error: ConnectError::Closed(e.into_error()),
-                        request: Box::new(request),
-                    })
-                }
-                None => Err(SendError::Request(e.into_error())),
-            },
+        let sent = tx.try_send_request(req).await.map_err(unsent);
+        if let Err(SendError::Connect { .. }) = &sent
+            && let Ok(mut m) = self.h2.lock()
+        {
+            m.remove(&target);
         }
+        sent
     }
 
     /// Sends an HTTP/1.1 upgrade request (e.g. WebSocket) on a new connection of its own, which
@@ -349,16 +347,7 @@ impl Upstream {
                 });
             }
         };
-        match tx.try_send_request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(mut e) => match e.take_message() {
-                Some(request) => Err(SendError::Connect {
-                    error: ConnectError::Closed(e.into_error()),
-                    request: Box::new(request),
-                }),
-                None => Err(SendError::Request(e.into_error())),
-            },
-        }
+        tx.try_send_request(req).await.map_err(unsent)
     }
 
     /// Drops idle connections that are closed or past the idle timeout.
