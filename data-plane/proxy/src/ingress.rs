@@ -57,17 +57,16 @@ impl Ingress {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let started = Instant::now();
         let head = self.access_log.as_ref().map(|_| RequestHead::capture(&req));
-        let raw_host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .map(str::to_owned);
-        let host = normalize_host(raw_host.as_deref().unwrap_or(""));
+        // A header value clone shares the request's buffer: no copy.
+        let raw_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| header::HeaderValue::from_str(a.as_str()).ok())
+        });
+        let raw_host = raw_host.as_ref().and_then(|h| h.to_str().ok());
+        let host = normalize_host(raw_host.unwrap_or(""));
         let mut report = l7::Report::default();
-        let result = self
-            .proxy(req, peer, raw_host.as_deref(), &host, &mut report)
-            .await;
+        let result = self.proxy(req, peer, raw_host, &host, &mut report).await;
         let (resp, flags) = match result {
             Ok(resp) => {
                 let flags = if report.retries_exhausted {
@@ -133,6 +132,7 @@ impl Ingress {
                 peer,
                 raw_host,
                 scheme: "http",
+                detailed: self.access_log.is_some(),
             },
             req,
             report,

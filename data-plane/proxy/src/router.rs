@@ -9,7 +9,8 @@ use crate::snapshot::Snapshot;
 pub const SERVICE_DOMAIN_SUFFIX: &str = ".service.flotilla";
 
 /// Lower-cases `raw`, strips a `:port` and a trailing dot. IPv6 literals keep their brackets.
-pub fn normalize_host(raw: &str) -> String {
+/// Borrows when nothing needs lower-casing (the common case on the request path).
+pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let raw = raw.trim();
     let host = if raw.starts_with('[') {
         match raw.find(']') {
@@ -22,7 +23,12 @@ pub fn normalize_host(raw: &str) -> String {
             _ => raw,
         }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 /// The cluster a request for `host` (already normalized) and `path` goes to, if any route

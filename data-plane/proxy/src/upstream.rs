@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -364,42 +364,37 @@ impl Upstream {
         }
     }
 
+    /// A pooled connection to `target` ready for a request. Connections still busy with a
+    /// response stay pooled; closed or expired ones are dropped.
     fn take_idle(&self, target: &Target) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().ok()?;
         let conns = idle.get_mut(target)?;
-        let mut found = None;
-        while let Some(c) = conns.pop() {
-            if c.tx.is_ready() && c.since.elapsed() < self.cfg.idle_timeout {
-                found = Some(c.tx);
-                break;
-            }
-        }
+        let timeout = self.cfg.idle_timeout;
+        let now = Instant::now();
+        conns.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
+        let found = conns
+            .iter()
+            .rposition(|c| c.tx.is_ready())
+            .map(|i| conns.swap_remove(i).tx);
         if conns.is_empty() {
             idle.remove(target);
         }
         found
     }
 
-    /// Returns the connection to the pool once its response has been read (HTTP/1.1 is ready
-    /// for the next request only then). A connection that closes instead is dropped.
-    fn release(self: &Arc<Self>, target: Target, mut tx: SendRequest<UpstreamBody>) {
-        let pool: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if tx.ready().await.is_err() {
-                return;
-            }
-            let Some(pool) = pool.upgrade() else { return };
-            let Ok(mut idle) = pool.idle.lock() else {
-                return;
-            };
-            let conns = idle.entry(target).or_default();
-            if conns.len() < pool.cfg.max_idle_per_target {
-                conns.push(Idle {
-                    tx,
-                    since: Instant::now(),
-                });
-            }
-        });
+    /// Pools the connection at once, while its response may still be streaming: HTTP/1.1
+    /// takes the next request only after that, so [`Self::take_idle`] skips it until then.
+    fn release(&self, target: Target, tx: SendRequest<UpstreamBody>) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let conns = idle.entry(target).or_default();
+        if conns.len() < self.cfg.max_idle_per_target {
+            conns.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
     }
 
     async fn connect(

@@ -380,7 +380,7 @@ pub fn parse_routes(
             ));
         }
         routes.push(Route {
-            host: crate::router::normalize_host(&route.host),
+            host: crate::router::normalize_host(&route.host).into_owned(),
             path_prefix: route.path_prefix.clone(),
             cluster: route.cluster.clone(),
         });

@@ -79,6 +79,8 @@ pub struct Forward<'a> {
     pub raw_host: Option<&'a str>,
     /// `http` or `https`: how the client reached this proxy.
     pub scheme: &'static str,
+    /// Fill in the report's names (route, cluster) for the access log.
+    pub detailed: bool,
 }
 
 /// The request body as the attempts use it.
@@ -113,7 +115,9 @@ pub async fn forward(
             }
         },
     };
-    report.route = route.map(|r| r.name.clone());
+    if f.detailed {
+        report.route = route.map(|r| r.name.clone());
+    }
     let cluster_name = match route {
         Some(r) if r.clusters.len() > 1 => {
             r.cluster_for(rand::rng().random_range(0..r.total_weight))
@@ -127,11 +131,17 @@ pub async fn forward(
         }
     })?;
     let c = cluster.cluster();
-    report.cluster = Some(c.name.clone());
-    if report.route_metrics.is_none()
-        && let Some(service) = snapshot.cluster(f.service)
-    {
-        report.route_metrics = Some(service.default_route_metrics().clone());
+    if f.detailed {
+        report.cluster = Some(c.name.clone());
+    }
+    if report.route_metrics.is_none() {
+        // Without a route table the cluster is the service's own, unless it failed over.
+        let service = if c.name == f.service {
+            Some(cluster)
+        } else {
+            snapshot.cluster(f.service)
+        };
+        report.route_metrics = service.map(|s| s.default_route_metrics().clone());
     }
     let cm = cluster.metrics();
     let decision = snapshot.authorize(f.source, &c.service);
