@@ -219,10 +219,11 @@ pub fn flotilla(bin: &Path, upstream: SocketAddr, dir: &Path) -> anyhow::Result<
 pub fn haproxy(program: &Path, upstream: SocketAddr, dir: &Path) -> anyhow::Result<Contender> {
     let (h1, h2) = (loopback(procs::free_port()?), loopback(procs::free_port()?));
     // No `log` line anywhere: HAProxy logs nothing. One process, PROXY_WORKERS threads.
+    // maxconn sizes its FD limit (2 per connection): keep it under a 20,000 hard limit.
     let config = format!(
         "global
     nbthread {PROXY_WORKERS}
-    maxconn 100000
+    maxconn 8000
 
 defaults
     mode http
@@ -232,7 +233,6 @@ defaults
     timeout client 60s
     timeout server 60s
     timeout http-keep-alive 60s
-    maxconn 100000
 
 frontend http1
     bind {h1}
@@ -261,7 +261,12 @@ backend upstream
         about: format!(
             "{}: `nbthread {PROXY_WORKERS}`, `http-reuse always`, no logging; HTTP/1.1 and \
              h2c (`bind … proto h2`) on two ports",
+            // "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/"
             version_of(program, &["-v"])
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
         ),
     })
 }
@@ -274,12 +279,12 @@ pub fn nginx(program: &Path, upstream: SocketAddr, dir: &Path) -> anyhow::Result
         "daemon off;
 master_process on;
 worker_processes {PROXY_WORKERS};
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile 16384;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log error;
 
 events {{
-    worker_connections 16384;
+    worker_connections 8000;
 }}
 
 http {{
@@ -333,7 +338,8 @@ http {{
             "{}: `worker_processes {PROXY_WORKERS}`, `upstream {{ keepalive 128; }}` + \
              `proxy_http_version 1.1`, `keepalive_requests 1000000`, `access_log off`; \
              HTTP/1.1 and h2c (`listen … http2`) on two ports",
-            version_of(program, &["-v"])
+            // "nginx version: nginx/1.22.1"
+            version_of(program, &["-v"]).replace("nginx version: ", "")
         ),
     })
 }

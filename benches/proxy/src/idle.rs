@@ -115,7 +115,7 @@ pub fn print(report: &IdleReport) {
     println!("| --- | ---: | ---: | ---: |");
     for r in &report.rows {
         println!(
-            "| {} | {:.0} KB | {:.1} MB | {:.1} MB |",
+            "| {} | {:.1} KB | {:.1} MB | {:.1} MB |",
             r.label,
             r.bootstrap_bytes as f64 / 1e3,
             r.rss as f64 / 1e6,
@@ -126,7 +126,7 @@ pub fn print(report: &IdleReport) {
     if let Some(large) = report.large() {
         let pass = large.rss <= TARGET_RSS;
         println!(
-            "- {}: idle RSS with {SERVICES} services {:.1} MB (target ≤ {:.0} MB)",
+            "- {}: idle RSS with 1,000 services {:.1} MB (target ≤ {:.0} MB)",
             if pass { "PASS" } else { "FAIL" },
             large.rss as f64 / 1e6,
             TARGET_RSS as f64 / 1e6

@@ -120,6 +120,11 @@ pub fn probe(shape: Shape, url: &str) -> anyhow::Result<()> {
         r.requests,
         r.errors
     );
+    // h2load falls back to nothing: check it really spoke h2c (prior knowledge).
+    ensure!(
+        shape != Shape::H2 || out.contains("Application protocol: h2c"),
+        "h2c probe of {url}: h2load did not negotiate h2c:\n{out}"
+    );
     Ok(())
 }
 

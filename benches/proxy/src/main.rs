@@ -88,6 +88,8 @@ struct Run {
     peak_rss: Option<u64>,
     /// The upstream's CPU seconds over the run.
     upstream_cpu: f64,
+    /// New connections the upstream accepted during the run.
+    upstream_conns: u64,
 }
 
 /// The medians of one cell's runs.
@@ -104,6 +106,7 @@ struct Cell {
     cpu_per_req: Option<f64>,
     peak_rss: Option<u64>,
     upstream_cpu: f64,
+    upstream_conns: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -136,6 +139,7 @@ impl Cell {
             cpu_per_req: opt(&|r| r.cpu.map(|c| c * 1e6 / r.load.requests.max(1) as f64)),
             peak_rss: opt(&|r| r.peak_rss.map(|b| b as f64)).map(|b| b as u64),
             upstream_cpu: m(&|r| r.upstream_cpu),
+            upstream_conns: m(&|r| r.upstream_conns as f64),
         }
     }
 }
@@ -218,7 +222,12 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("{} does not answer", c.kind.name()))?;
             }
         }
-        let (cells, settings) = run_load(&mut paths, upstream_proc.pid(), dir.path(), settings)?;
+        let (cells, settings) = run_load(
+            &mut paths,
+            (upstream_proc.pid(), upstream_addr),
+            dir.path(),
+            settings,
+        )?;
         upstream_proc.check_running()?;
         print_load(&paths, &cells, &settings);
     }
@@ -234,7 +243,7 @@ fn main() -> anyhow::Result<()> {
 /// background load hits all paths alike), a warm-up then a measured run.
 fn run_load(
     paths: &mut [Contender],
-    upstream_pid: u32,
+    (upstream_pid, upstream_addr): (u32, std::net::SocketAddr),
     dir: &std::path::Path,
     mut settings: LoadSettings,
 ) -> anyhow::Result<(Vec<Cell>, LoadSettings)> {
@@ -251,6 +260,7 @@ fn run_load(
                 if let Some(pid) = pid {
                     settings.peak_rss_per_run &= procs::reset_peak_rss(pid);
                 }
+                let conns0 = upstream::accepted(upstream_addr)?;
                 let cpu0 = pid.map(procs::tree_cpu_secs);
                 let up0 = procs::tree_cpu_secs(upstream_pid);
                 let result = load::run(shape, &url, settings.duration, &h2log)
@@ -258,12 +268,15 @@ fn run_load(
                 let up1 = procs::tree_cpu_secs(upstream_pid);
                 let cpu = pid.map(procs::tree_cpu_secs).zip(cpu0).map(|(b, a)| b - a);
                 let peak_rss = pid.map(procs::tree_peak_rss);
+                // Minus the connection of the first reading.
+                let upstream_conns = upstream::accepted(upstream_addr)?.saturating_sub(conns0 + 1);
                 if let Some(proc) = path.proc.as_mut() {
                     proc.check_running()?;
                 }
                 eprintln!(
                     "run {}/{} {:8} {:8}: {:>9.0} req/s, p50 {}, p99 {}, errors {}, proxy CPU {}, \
-                     upstream CPU {:.2} s (warm-up {:.0} req/s)",
+                     upstream CPU {:.2} s, {upstream_conns} new upstream connections \
+                     (warm-up {:.0} req/s)",
                     repeat + 1,
                     settings.repeats,
                     shape.short(),
@@ -281,6 +294,7 @@ fn run_load(
                     cpu,
                     peak_rss,
                     upstream_cpu: up1 - up0,
+                    upstream_conns,
                 });
             }
         }
@@ -337,12 +351,12 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
         println!("### {}", shape.title());
         println!();
         println!(
-            "| path | req/s | p50 | p99 | errors | proxy CPU | CPU/req | peak RSS | upstream CPU |"
+            "| path | req/s | p50 | p99 | errors | proxy CPU | CPU/req | peak RSS | upstream CPU | upstream conns |"
         );
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for c in cells.iter().filter(|c| c.shape == shape) {
             println!(
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.2} s |",
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.2} s | {:.0} |",
                 c.kind.name(),
                 c.req_per_sec,
                 ms(c.p50),
@@ -353,6 +367,7 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
                 c.peak_rss
                     .map_or("-".into(), |b| format!("{:.1} MB", b as f64 / 1e6)),
                 c.upstream_cpu,
+                c.upstream_conns,
             );
         }
         println!();

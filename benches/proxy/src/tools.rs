@@ -78,6 +78,8 @@ fn apt_get(args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new("apt-get")
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
+        // Progress on stderr: stdout is the report.
+        .stdout(std::io::stderr())
         .status()
         .context("running apt-get (the bench installs wrk, h2load, haproxy and nginx with it)")?;
     if !status.success() {

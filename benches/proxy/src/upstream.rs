@@ -2,12 +2,15 @@
 //! on a multi-threaded tokio runtime serving HTTP/1.1 keep-alive and h2c (prior knowledge) on
 //! one port, answering every `GET` with the same 200 and [`BODY`]. It is none of the
 //! contenders, and it runs as a child process so its CPU is not the proxy's or the client's.
+//! `GET` [`ACCEPTED_PATH`] answers how many connections it has accepted, so the bench sees
+//! whether a proxy reuses its upstream connections.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,6 +27,11 @@ use crate::procs::Proc;
 /// The answer body: 100 bytes.
 pub const BODY: &str = "flotilla-bench-proxy upstream: the same answer, of exactly one hundred bytes, for each GET request.\n";
 
+/// Answers the number of connections accepted so far (this one included).
+pub const ACCEPTED_PATH: &str = "/__bench/accepted";
+
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+
 /// Flags of the hidden `upstream` subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpstreamArgs {
@@ -33,7 +41,10 @@ pub struct UpstreamArgs {
 }
 
 fn answer(req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, body) = if req.method() == Method::GET {
+    let (status, body) = if req.method() == Method::GET && req.uri().path() == ACCEPTED_PATH {
+        let n = ACCEPTED.load(Ordering::Relaxed);
+        (StatusCode::OK, Bytes::from(n.to_string()))
+    } else if req.method() == Method::GET {
         (StatusCode::OK, Bytes::from_static(BODY.as_bytes()))
     } else {
         (StatusCode::METHOD_NOT_ALLOWED, Bytes::new())
@@ -70,6 +81,7 @@ pub fn serve(args: &UpstreamArgs) -> anyhow::Result<()> {
                     continue;
                 }
             };
+            ACCEPTED.fetch_add(1, Ordering::Relaxed);
             let _ = tcp.set_nodelay(true);
             let builder = builder.clone();
             tokio::spawn(async move {
@@ -100,4 +112,15 @@ pub fn start(dir: &Path) -> anyhow::Result<(Proc, SocketAddr)> {
         )
     })?;
     Ok((proc, addr))
+}
+
+/// Connections the upstream at `addr` has accepted, not counting the one asking.
+pub fn accepted(addr: SocketAddr) -> anyhow::Result<u64> {
+    let (status, body) = crate::contenders::http_get(addr, ACCEPTED_PATH, "upstream")?;
+    anyhow::ensure!(status == 200, "{ACCEPTED_PATH} answered {status}: {body}");
+    let n: u64 = body
+        .trim()
+        .parse()
+        .with_context(|| format!("{ACCEPTED_PATH} answered {body:?}"))?;
+    Ok(n.saturating_sub(1))
 }

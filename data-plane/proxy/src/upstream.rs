@@ -43,7 +43,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Idle pooled connections older than this are closed.
     pub idle_timeout: Duration,
-    /// At most this many idle connections are kept per target.
+    /// At most this many HTTP/1.1 connections are pooled per target (busy or idle): enough for
+    /// an h2 client's hundreds of concurrent streams without connecting per request.
     pub max_idle_per_target: usize,
 }
 
@@ -52,7 +53,7 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
-            max_idle_per_target: 64,
+            max_idle_per_target: 512,
         }
     }
 }
