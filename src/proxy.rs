@@ -246,6 +246,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         listeners = bootstrap.listeners.len(),
         "static config applied"
     );
+    // The snapshot holds what the proxy needs; the parsed file is not kept for its lifetime.
+    drop(bootstrap);
     let node = NodeIdentity {
         node_id: host_name(),
         node_secret: String::new(),

@@ -26,6 +26,9 @@ pub struct IdleRow {
     pub bootstrap_bytes: usize,
     /// VmRSS after settling, bytes.
     pub rss: u64,
+    /// Of which RssAnon (heap, stacks) and RssFile (the mapped binary and libraries), bytes.
+    pub anon: u64,
+    pub file: u64,
     /// VmHWM (peak since start, including loading the bootstrap), bytes.
     pub peak: u64,
 }
@@ -64,6 +67,7 @@ fn measure(
     started.proc.check_running()?;
     let pid = started.proc.pid();
     let rss = procs::rss(pid).unwrap_or(0);
+    let (anon, file) = procs::rss_split(pid).unwrap_or((0, 0));
     let peak = procs::peak_rss(pid).unwrap_or(0);
     // Only now a request (it grows the pools): the last service routes to the upstream.
     let (host_name, host) = services(n).pop().unwrap_or_default();
@@ -83,6 +87,8 @@ fn measure(
         services: n,
         bootstrap_bytes,
         rss,
+        anon,
+        file,
         peak,
     })
 }
@@ -111,14 +117,18 @@ pub fn print(report: &IdleReport) {
         SETTLE.as_secs()
     );
     println!();
-    println!("| bootstrap | file | VmRSS | VmHWM (peak since start) |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| bootstrap | file | VmRSS | of which RssAnon (heap, stacks) | of which RssFile (mapped binary, libraries) | VmHWM (peak since start) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for r in &report.rows {
         println!(
-            "| {} | {:.1} KB | {:.1} MB | {:.1} MB |",
+            "| {} | {:.1} KB | {:.1} MB | {:.1} MB | {:.1} MB | {:.1} MB |",
             r.label,
             r.bootstrap_bytes as f64 / 1e3,
             r.rss as f64 / 1e6,
+            r.anon as f64 / 1e6,
+            r.file as f64 / 1e6,
             r.peak as f64 / 1e6
         );
     }
