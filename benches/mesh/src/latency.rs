@@ -242,7 +242,8 @@ impl LatencyReport {
 /// Runs the section: starts the cluster, measures both paths, stops everything.
 pub fn run(args: &LatencyArgs) -> anyhow::Result<LatencyReport> {
     let warmup = args.warmup_duration()?;
-    let (bin, built) = flotilla_bin(args.flotilla_bin.as_deref())?;
+    let (bin, built) = flotilla_test_support::release_flotilla(args.flotilla_bin.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let upstream_port = free_upstream_port(args.upstream_port)?;
     let upstream = SocketAddr::from(([127, 0, 0, 1], upstream_port));
     preflight(args)?;
@@ -885,45 +886,6 @@ fn connection(
 
 // ---------------------------------------------------------------------------------------------
 // The cluster
-
-/// The `flotilla` binary: the given one, or the workspace's release build (built if missing).
-fn flotilla_bin(given: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
-    if let Some(p) = given {
-        ensure!(
-            p.is_file(),
-            "FLOTILLA_BIN / --flotilla-bin: {} is not a file",
-            p.display()
-        );
-        return Ok((p.to_path_buf(), false));
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let root = root.canonicalize().unwrap_or(root);
-    let bin = root.join("target/release/flotilla");
-    if bin.is_file() {
-        return Ok((bin, false));
-    }
-    eprintln!(
-        "latency: {} is missing; running `cargo build --release --bin flotilla` in {}",
-        bin.display(),
-        root.display()
-    );
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--bin", "flotilla"])
-        .current_dir(&root)
-        .status()
-        .context("running cargo build")?;
-    ensure!(
-        status.success(),
-        "cargo build --release --bin flotilla failed: {status}"
-    );
-    ensure!(
-        bin.is_file(),
-        "{} still missing after the build",
-        bin.display()
-    );
-    Ok((bin, true))
-}
 
 /// The first free port on 127.0.0.1 from `from`.
 fn free_upstream_port(from: u16) -> anyhow::Result<u16> {

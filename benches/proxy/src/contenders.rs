@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -365,44 +365,4 @@ pub fn http_get(addr: SocketAddr, path: &str, host: &str) -> anyhow::Result<(u16
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
-}
-
-/// The release `flotilla` binary: `FLOTILLA_BIN`/`--flotilla-bin`, else
-/// `<workspace>/target/release/flotilla`, built first when missing. Returns whether it built.
-pub fn flotilla_bin(given: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
-    if let Some(p) = given {
-        anyhow::ensure!(
-            p.is_file(),
-            "FLOTILLA_BIN / --flotilla-bin: {} is not a file",
-            p.display()
-        );
-        return Ok((p.to_path_buf(), false));
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let root = root.canonicalize().unwrap_or(root);
-    let bin = root.join("target/release/flotilla");
-    if bin.is_file() {
-        return Ok((bin, false));
-    }
-    eprintln!(
-        "{} is missing; running `cargo build --release --bin flotilla` in {}",
-        bin.display(),
-        root.display()
-    );
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--bin", "flotilla"])
-        .current_dir(&root)
-        .status()
-        .context("running cargo build")?;
-    anyhow::ensure!(
-        status.success(),
-        "cargo build --release --bin flotilla failed: {status}"
-    );
-    anyhow::ensure!(
-        bin.is_file(),
-        "{} still missing after the build",
-        bin.display()
-    );
-    Ok((bin, true))
 }

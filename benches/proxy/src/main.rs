@@ -169,7 +169,8 @@ fn main() -> anyhow::Result<()> {
     );
 
     let tools = tools::ensure(args.no_install)?;
-    let (bin, built) = contenders::flotilla_bin(args.flotilla_bin.as_deref())?;
+    let (bin, built) = flotilla_test_support::release_flotilla(args.flotilla_bin.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let dir = tempfile::Builder::new()
         .prefix("flotilla-bench-proxy-")
         .tempdir()

@@ -18,32 +18,26 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(cmd: &mut Command, name: &str, dir: &Path) -> anyhow::Result<Proc> {
-        let log = dir.join(format!("{name}.log"));
-        let out =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        Ok(Proc {
-            name: name.to_owned(),
-            child,
-            log,
-        })
+        Self::start(cmd.env("NO_COLOR", "1"), name, dir, false)
     }
 
     /// A child whose stdout is piped (the caller reads it); stderr goes to the log file.
     pub fn spawn_piped(cmd: &mut Command, name: &str, dir: &Path) -> anyhow::Result<Proc> {
+        Self::start(cmd, name, dir, true)
+    }
+
+    fn start(cmd: &mut Command, name: &str, dir: &Path, piped: bool) -> anyhow::Result<Proc> {
         let log = dir.join(format!("{name}.log"));
         let err =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let out = if piped {
+            Stdio::piped()
+        } else {
+            Stdio::from(err.try_clone()?)
+        };
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(out)
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
@@ -181,6 +175,12 @@ pub fn tree_peak_rss(pid: u32) -> u64 {
 /// `VmRSS` of one process, in bytes.
 pub fn rss(pid: u32) -> Option<u64> {
     status_kb(pid, "VmRSS")
+}
+
+/// `RssAnon` and `RssFile` of one process (heap and stacks; mapped binary and libraries), in
+/// bytes.
+pub fn rss_split(pid: u32) -> Option<(u64, u64)> {
+    Some((status_kb(pid, "RssAnon")?, status_kb(pid, "RssFile")?))
 }
 
 /// `VmHWM` of one process, in bytes.

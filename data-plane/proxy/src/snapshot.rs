@@ -128,11 +128,7 @@ impl RouteTable {
         uri: &http::Uri,
         headers: &http::HeaderMap,
     ) -> Option<(usize, &crate::config::HttpRoute)> {
-        self.routes.routes.iter().enumerate().find(|(_, r)| {
-            r.matcher
-                .as_ref()
-                .is_none_or(|m| m.matches(method, uri, headers))
-        })
+        self.routes.find(method, uri, headers)
     }
 
     /// The metric handles of route `index`.

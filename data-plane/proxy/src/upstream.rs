@@ -8,6 +8,7 @@
 //! fresh connection is tried once.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,7 +30,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 pub use crate::config::Target;
-use crate::metrics::{ClusterMetrics, ConnectionGauge};
+use crate::metrics::ClusterMetrics;
 use crate::tls::MeshTls;
 use crate::tls::issuer::{INGRESS_NAMESPACE, INGRESS_SERVICE};
 
@@ -270,24 +271,9 @@ impl Upstream {
         let mut tx = match existing {
             Some(tx) => tx,
             None => {
-                let timeout = self.cfg.connect_timeout;
-                let connected = tokio::time::timeout(timeout, async {
-                    let io = connect_io(&self.tls, &target).await?;
-                    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                        .handshake(io)
-                        .await
-                        .map_err(ConnectError::Handshake)?;
-                    let gauge = metrics.connect();
-                    tokio::spawn(async move {
-                        let _gauge = gauge;
-                        if let Err(error) = conn.await {
-                            debug!(%error, "upstream h2 connection ended with error");
-                        }
-                    });
-                    Ok::<_, ConnectError>(tx)
-                })
-                .await
-                .unwrap_or(Err(ConnectError::Timeout(timeout)));
+                let connected = self
+                    .connect_with(&target, |io| handshake_h2(io, metrics.clone()))
+                    .await;
                 match connected {
                     Ok(tx) => {
                         if let Ok(mut m) = self.h2.lock() {
@@ -321,24 +307,9 @@ impl Upstream {
         req: Request<UpstreamBody>,
         metrics: &ClusterMetrics,
     ) -> Result<Response<Incoming>, SendError> {
-        let timeout = self.cfg.connect_timeout;
-        let connected = tokio::time::timeout(timeout, async {
-            let io = connect_io(&self.tls, &target).await?;
-            let (tx, conn) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(ConnectError::Handshake)?;
-            let gauge = metrics.connect();
-            tokio::spawn(async move {
-                let _gauge = gauge;
-                if let Err(error) = conn.with_upgrades().await {
-                    debug!(%error, "upstream upgrade connection ended with error");
-                }
-            });
-            Ok::<_, ConnectError>(tx)
-        })
-        .await
-        .unwrap_or(Err(ConnectError::Timeout(timeout)));
+        let connected = self
+            .connect_with(&target, |io| handshake_upgradable(io, metrics.clone()))
+            .await;
         let mut tx: SendRequest<UpstreamBody> = match connected {
             Ok(tx) => tx,
             Err(error) => {
@@ -403,11 +374,26 @@ impl Upstream {
         target: &Target,
         metrics: &ClusterMetrics,
     ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
-        let timeout = self.cfg.connect_timeout;
-        let io = tokio::time::timeout(timeout, connect_io(&self.tls, target))
+        self.connect_with(target, |io| handshake(io, metrics.clone()))
             .await
-            .map_err(|_| ConnectError::Timeout(timeout))??;
-        handshake(io, metrics.connect()).await
+    }
+
+    /// A stream to `target` and `handshake` on it, both within the connect timeout.
+    async fn connect_with<T, F, Fut>(
+        &self,
+        target: &Target,
+        handshake: F,
+    ) -> Result<T, ConnectError>
+    where
+        F: FnOnce(Io) -> Fut,
+        Fut: Future<Output = Result<T, ConnectError>>,
+    {
+        let timeout = self.cfg.connect_timeout;
+        tokio::time::timeout(timeout, async {
+            handshake(connect_io(&self.tls, target).await?).await
+        })
+        .await
+        .unwrap_or(Err(ConnectError::Timeout(timeout)))
     }
 }
 
@@ -515,22 +501,61 @@ pub async fn mesh_tunnel(
         .map_err(|error| ConnectError::Tunnel { proxy, error })
 }
 
-/// HTTP/1.1 on `io`; `gauge` counts the connection as open until it closes.
-async fn handshake<I>(
-    io: I,
-    gauge: ConnectionGauge,
-) -> Result<SendRequest<UpstreamBody>, ConnectError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
+/// HTTP/1.1 on `io`; the connection counts as open in `metrics` until it closes.
+async fn handshake(
+    io: Io,
+    metrics: ClusterMetrics,
+) -> Result<SendRequest<UpstreamBody>, ConnectError> {
     let (tx, conn) = http1::Builder::new()
         .handshake(io)
         .await
         .map_err(ConnectError::Handshake)?;
+    // Counted once the connection is up, until it closes.
+    let gauge = metrics.connect();
     tokio::spawn(async move {
         let _gauge = gauge;
         if let Err(error) = conn.await {
             debug!(%error, "upstream connection ended with error");
+        }
+    });
+    Ok(tx)
+}
+
+/// HTTP/1.1 on `io` for a request that may switch protocols (the connection is not pooled).
+async fn handshake_upgradable(
+    io: Io,
+    metrics: ClusterMetrics,
+) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    let (tx, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(ConnectError::Handshake)?;
+    // Counted once the connection is up, until it closes.
+    let gauge = metrics.connect();
+    tokio::spawn(async move {
+        let _gauge = gauge;
+        if let Err(error) = conn.with_upgrades().await {
+            debug!(%error, "upstream upgrade connection ended with error");
+        }
+    });
+    Ok(tx)
+}
+
+/// HTTP/2 (prior knowledge) on `io`: one connection multiplexes every request to the target.
+async fn handshake_h2(
+    io: Io,
+    metrics: ClusterMetrics,
+) -> Result<http2::SendRequest<UpstreamBody>, ConnectError> {
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await
+        .map_err(ConnectError::Handshake)?;
+    // Counted once the connection is up, until it closes.
+    let gauge = metrics.connect();
+    tokio::spawn(async move {
+        let _gauge = gauge;
+        if let Err(error) = conn.await {
+            debug!(%error, "upstream h2 connection ended with error");
         }
     });
     Ok(tx)

@@ -7,12 +7,54 @@
 //! - [`Cluster`]: a server and agents as separate processes.
 //! - [`eventually`]: wait for a condition with a deadline — never a fixed sleep.
 //! - HTTP helpers ([`get`], [`get_host`]) on plain reqwest.
+//! - [`release_flotilla`]: the release binary the benchmarks run (built when missing).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+/// The release `flotilla` binary for benchmarks: `given` (`FLOTILLA_BIN` / `--flotilla-bin`),
+/// else `<workspace>/target/release/flotilla`, built with `cargo build --release --bin flotilla`
+/// when missing. Returns the path and whether it was built.
+pub fn release_flotilla(given: Option<&Path>) -> Result<(PathBuf, bool), String> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            return Err(format!(
+                "FLOTILLA_BIN / --flotilla-bin: {} is not a file",
+                p.display()
+            ));
+        }
+        return Ok((p.to_path_buf(), false));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root.canonicalize().unwrap_or(root);
+    let bin = root.join("target/release/flotilla");
+    if bin.is_file() {
+        return Ok((bin, false));
+    }
+    eprintln!(
+        "{} is missing; running `cargo build --release --bin flotilla` in {}",
+        bin.display(),
+        root.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--bin", "flotilla"])
+        .current_dir(&root)
+        .status()
+        .map_err(|e| format!("running cargo build: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "cargo build --release --bin flotilla failed: {status}"
+        ));
+    }
+    if !bin.is_file() {
+        return Err(format!("{} still missing after the build", bin.display()));
+    }
+    Ok((bin, true))
+}
 
 /// A block of loopback addresses for one test.
 #[derive(Debug, Clone, Copy)]

@@ -228,14 +228,9 @@ mod tests {
 
     use super::*;
 
+    /// Envoy's defaults: 5 failures, 10 s interval, 30 s base ejection, 10 %.
     fn detection() -> OutlierDetection {
-        OutlierDetection {
-            consecutive_5xx: 5,
-            interval: Duration::from_secs(10),
-            base_ejection_time: Duration::from_secs(30),
-            max_ejection_percent: 10,
-            enforcing_consecutive_5xx: 100,
-        }
+        OutlierDetection::default()
     }
 
     fn cluster(n: usize) -> Vec<Arc<EndpointState>> {

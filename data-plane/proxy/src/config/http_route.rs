@@ -7,6 +7,8 @@ use flotilla_proto::discovery::v1 as pb;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use regex::Regex;
 
+use super::policy::millis;
+
 /// The route table of one service: the first route whose match holds decides.
 #[derive(Debug, Clone)]
 pub struct ServiceRoutes {
@@ -42,9 +44,14 @@ impl ServiceRoutes {
         })
     }
 
-    /// The first route matching the request.
-    pub fn find(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<&HttpRoute> {
-        self.routes.iter().find(|r| {
+    /// The first route matching the request, with its index.
+    pub fn find(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Option<(usize, &HttpRoute)> {
+        self.routes.iter().enumerate().find(|(_, r)| {
             r.matcher
                 .as_ref()
                 .is_none_or(|m| m.matches(method, uri, headers))
@@ -278,10 +285,6 @@ impl ValueMatch {
 
 fn anchored(pattern: &str) -> Result<Regex, String> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex {pattern:?}: {e}"))
-}
-
-fn millis(ms: u32) -> Option<Duration> {
-    (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
 }
 
 /// Parses one `ServiceRoutes` resource. `Err((field, problem))`.
@@ -614,7 +617,8 @@ mod tests {
         ]);
         let pick = |m: &str, u: &str, h: &[(&str, &str)]| {
             let (m, u, h) = req(m, u, h);
-            t.find(&m, &u, &h).map(|r| r.clusters[0].cluster.clone())
+            t.find(&m, &u, &h)
+                .map(|(_, r)| r.clusters[0].cluster.clone())
         };
         assert_eq!(
             pick("GET", "/api/x", &[("x-canary", "true")]).as_deref(),

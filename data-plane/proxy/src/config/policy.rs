@@ -174,7 +174,8 @@ pub struct ClusterPolicy {
     pub failover: Vec<String>,
 }
 
-fn millis(ms: u32) -> Option<Duration> {
+/// A millisecond field where 0 means unset.
+pub(super) fn millis(ms: u32) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
 }
 
