@@ -20,6 +20,7 @@
 //! line, column and path, or the resource and field the proxy rejected.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -72,7 +73,8 @@ pub struct ProxyArgs {
     /// Address of the admin listener (/ready, /config_dump, /stats).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:19000")]
     pub admin: SocketAddr,
-    /// Tokio worker threads for forwarding (default: the number of CPUs).
+    /// Forwarding threads, each with its own runtime and upstream pool (default: the number
+    /// of CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
 }
@@ -231,13 +233,16 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     for warning in bootstrap.warnings() {
         warn!(bootstrap = %path.display(), "{warning}");
     }
-    let proxy = BoundProxy::bind(ProxyConfig {
+    let mut proxy = BoundProxy::bind(ProxyConfig {
         ingress_addr: args.ingress,
         inbound_addr: args.inbound,
         admin_addr: Some(args.admin),
     })
     .await
     .context("starting the proxy")?;
+    if let Some(n) = args.workers.and_then(|n| NonZeroUsize::new(usize::from(n))) {
+        proxy = proxy.with_workers(n);
+    }
     bootstrap.apply(path, &proxy.config())?;
     info!(
         bootstrap = %path.display(),

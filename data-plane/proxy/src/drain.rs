@@ -34,13 +34,29 @@ impl Drain {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        self.tasks.spawn(self.forcible(task));
+    }
+
+    /// [`Drain::spawn`] onto the runtime behind `handle` (a forwarding worker's).
+    pub fn spawn_on<F>(&self, handle: &tokio::runtime::Handle, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn_on(self.forcible(task), handle);
+    }
+
+    /// `task`, ended early when the grace period runs out.
+    fn forcible<F>(&self, task: F) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let force = self.force.clone();
-        self.tasks.spawn(async move {
+        async move {
             tokio::select! {
                 () = task => {}
                 () = force.cancelled() => {}
             }
-        });
+        }
     }
 
     /// Resolves once shutdown has started.

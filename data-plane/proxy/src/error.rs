@@ -45,6 +45,9 @@ pub enum ProxyError {
     /// The admin listener's thread or runtime could not be started.
     #[error("admin listener {addr}: could not start its thread: {error}")]
     AdminThread { addr: SocketAddr, error: io::Error },
+    /// The forwarding worker threads could not be started.
+    #[error("forwarding workers: could not start a thread or runtime: {0}")]
+    Workers(io::Error),
     /// The control plane URL given to [`crate::BoundProxy::run`] is not a valid URL.
     #[error(
         "discovery server {url:?}: invalid URL: {reason} (expected e.g. \"http://127.0.0.1:4647\")"
@@ -124,7 +127,7 @@ pub enum RequestError {
     Upstream {
         service: String,
         endpoint: SocketAddr,
-        error: hyper::Error,
+        error: crate::upstream::UpstreamError,
     },
 }
 

@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::access_log::{AccessLog, RequestHead, ResponseFlags};
@@ -28,6 +28,7 @@ use crate::router::{self, normalize_host};
 use crate::snapshot::ConfigHandle;
 use crate::tls::issuer::INGRESS_SERVICE;
 use crate::upstream::Upstream;
+use crate::workers::Workers;
 
 pub use crate::l7::ResponseBody;
 
@@ -169,11 +170,34 @@ fn error_response(error: &RequestError) -> Response<ResponseBody> {
     resp
 }
 
-/// Accepts connections until the drain starts.
-pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>, drain: Drain) {
+/// Accepts connections until the drain starts, handing each to the least-loaded worker, which
+/// serves it with its own [`Ingress`] (`ingresses[i]` for worker `i`: its own upstream pool).
+pub async fn serve(
+    listener: TcpListener,
+    ingresses: Vec<Arc<Ingress>>,
+    workers: Arc<Workers>,
+    drain: Drain,
+) {
     while let Some((tcp, peer)) = drain.accept(&listener, "ingress").await {
-        let (ingress, conn_drain) = (ingress.clone(), drain.clone());
-        drain.spawn(serve_connection(tcp, peer, ingress, conn_drain));
+        let worker = workers.least_loaded();
+        let Some(ingress) = ingresses.get(worker).or(ingresses.first()).cloned() else {
+            return;
+        };
+        // Moves to the worker's reactor there; the socket stays non-blocking.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                warn!(%peer, %error, "cannot hand the ingress connection to a worker");
+                continue;
+            }
+        };
+        let conn_drain = drain.clone();
+        workers.spawn(worker, &drain, async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => serve_connection(tcp, peer, ingress, conn_drain).await,
+                Err(error) => warn!(%peer, %error, "worker cannot take the ingress connection"),
+            }
+        });
     }
 }
 

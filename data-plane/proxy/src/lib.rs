@@ -44,6 +44,7 @@ pub mod balance;
 pub mod config;
 pub mod drain;
 pub mod error;
+pub mod h1;
 pub mod headers;
 pub mod inbound;
 pub mod ingress;
@@ -55,10 +56,12 @@ pub mod snapshot;
 pub mod stats;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 pub mod xds;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +82,7 @@ use crate::stats::Stats;
 use crate::tls::MeshTls;
 pub use crate::tls::issuer::NodeIdentity;
 use crate::upstream::{Upstream, UpstreamConfig};
+use crate::workers::Workers;
 use crate::xds::DiscoveryClient;
 
 /// Default time in-flight requests get to finish after shutdown starts.
@@ -120,6 +124,7 @@ pub struct BoundProxy {
     l4_mode: flotilla_forward::Mode,
     metrics: Arc<Metrics>,
     access_log: Option<Arc<AccessLog>>,
+    workers: NonZeroUsize,
 }
 
 async fn bind_tokio(
@@ -167,6 +172,7 @@ impl BoundProxy {
             l4_mode: flotilla_forward::Mode::Auto,
             metrics,
             access_log: None,
+            workers: workers::default_count(),
         })
     }
 
@@ -217,6 +223,13 @@ impl BoundProxy {
     /// Upstream connect timeout and pool limits.
     pub fn with_upstream_config(mut self, upstream: UpstreamConfig) -> Self {
         self.upstream = upstream;
+        self
+    }
+
+    /// Ingress forwarding threads (default: one per CPU), each with its own runtime and
+    /// upstream pool ([`workers`]).
+    pub fn with_workers(mut self, workers: NonZeroUsize) -> Self {
+        self.workers = workers;
         self
     }
 
@@ -284,7 +297,12 @@ impl BoundProxy {
         );
 
         let drain = Drain::new();
-        let upstream = Upstream::new(self.upstream.clone(), tls.clone());
+        let workers =
+            Arc::new(Workers::start("flotilla-fwd", self.workers).map_err(ProxyError::Workers)?);
+        // One upstream pool per worker: a connection and its upstream requests stay on one thread.
+        let upstreams: Vec<_> = (0..workers.len())
+            .map(|_| Upstream::new(self.upstream.clone(), tls.clone()))
+            .collect();
         let control_plane = endpoint.map(|endpoint| {
             let channel = endpoint.connect_lazy();
             let discovery =
@@ -308,22 +326,29 @@ impl BoundProxy {
             drain.clone(),
         ));
         let pruner = tokio::spawn({
-            let upstream = upstream.clone();
+            let upstreams = upstreams.clone();
             async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(30));
                 loop {
                     tick.tick().await;
-                    upstream.prune();
+                    upstreams.iter().for_each(|u| u.prune());
                 }
             }
         });
+        let ingresses = upstreams
+            .iter()
+            .map(|upstream| {
+                Ingress::new(
+                    self.config.clone(),
+                    upstream.clone(),
+                    self.access_log.clone(),
+                )
+            })
+            .collect();
         let ingress = tokio::spawn(ingress::serve(
             self.ingress,
-            Ingress::new(
-                self.config.clone(),
-                upstream.clone(),
-                self.access_log.clone(),
-            ),
+            ingresses,
+            workers.clone(),
             drain.clone(),
         ));
         let inbound = tokio::spawn(inbound::serve(
@@ -359,6 +384,7 @@ impl BoundProxy {
             task.abort();
         }
         pruner.abort();
+        workers.stop().await;
         if let Some(upkeep) = upkeep {
             upkeep.abort();
         }

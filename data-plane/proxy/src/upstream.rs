@@ -30,6 +30,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 pub use crate::config::Target;
+use crate::h1::client::Failure;
+use crate::h1::{ClientBody, ClientConn, H1Error};
 use crate::metrics::ClusterMetrics;
 use crate::tls::MeshTls;
 use crate::tls::issuer::{INGRESS_NAMESPACE, INGRESS_SERVICE};
@@ -84,6 +86,9 @@ pub enum ConnectError {
     /// The HTTP/1.1 handshake on the new connection failed.
     #[error("HTTP handshake: {0}")]
     Handshake(hyper::Error),
+    /// A new connection failed before the request reached the upstream.
+    #[error("new connection failed before the request was sent: {0}")]
+    Fresh(H1Error),
     /// The connection closed before the request could be written.
     #[error("connection closed before the request was sent: {0}")]
     Closed(hyper::Error),
@@ -162,13 +167,67 @@ where
 /// The request could not be sent.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection; the request is handed back untouched.
+    /// No connection; the request is handed back untouched (`None` when it was lent).
     Connect {
         error: ConnectError,
-        request: Box<Request<UpstreamBody>>,
+        request: Option<Box<Request<UpstreamBody>>>,
     },
     /// The request was (maybe partly) sent; it is gone.
-    Request(hyper::Error),
+    Request(UpstreamError),
+}
+
+/// An upstream exchange or response body failed, in hyper's client or the inline one.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    H1(#[from] H1Error),
+}
+
+/// A response body from an upstream: from hyper's client (HTTP/2, upgrades, streamed
+/// requests) or from the inline HTTP/1.1 client.
+pub enum UpstreamResponseBody {
+    Hyper(Incoming),
+    H1(ClientBody<Io>),
+}
+
+impl std::fmt::Debug for UpstreamResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamResponseBody::Hyper(b) => b.fmt(f),
+            UpstreamResponseBody::H1(b) => b.fmt(f),
+        }
+    }
+}
+
+impl http_body::Body for UpstreamResponseBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, UpstreamError>>> {
+        match self.get_mut() {
+            UpstreamResponseBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamResponseBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamResponseBody::Hyper(b) => b.is_end_stream(),
+            UpstreamResponseBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamResponseBody::Hyper(b) => b.size_hint(),
+            UpstreamResponseBody::H1(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A failed `try_send_request`: the request handed back when the connection closed before it
@@ -177,11 +236,14 @@ fn unsent(mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>) -> Se
     match e.take_message() {
         Some(request) => SendError::Connect {
             error: ConnectError::Closed(e.into_error()),
-            request: Box::new(request),
+            request: Some(Box::new(request)),
         },
-        None => SendError::Request(e.into_error()),
+        None => SendError::Request(e.into_error().into()),
     }
 }
+
+/// An idle inline HTTP/1.1 connection and when it was pooled.
+type IdleH1 = (ClientConn<Io>, Instant);
 
 struct Idle {
     tx: SendRequest<UpstreamBody>,
@@ -194,6 +256,8 @@ pub struct Upstream {
     cfg: UpstreamConfig,
     tls: Arc<MeshTls>,
     idle: Mutex<HashMap<Target, Vec<Idle>>>,
+    /// Inline HTTP/1.1 connections ([`crate::h1`]) for requests with kept bodies.
+    h1: Mutex<HashMap<Target, Vec<IdleH1>>>,
     h2: Mutex<HashMap<Target, http2::SendRequest<UpstreamBody>>>,
 }
 
@@ -210,8 +274,93 @@ impl Upstream {
             cfg,
             tls,
             idle: Mutex::new(HashMap::new()),
+            h1: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sends a request with a kept body (`head` with origin-form URI and Host, and `body`,
+    /// maybe empty) to `target` on a pooled inline HTTP/1.1 connection ([`crate::h1`]). Both
+    /// are only borrowed, so a failed attempt leaves them for the next one.
+    pub async fn send_kept(
+        self: &Arc<Self>,
+        target: &Target,
+        head: &http::request::Parts,
+        body: &Bytes,
+        metrics: &ClusterMetrics,
+    ) -> Result<Response<UpstreamResponseBody>, SendError> {
+        loop {
+            let (conn, fresh) = match self.take_h1(target) {
+                Some(conn) => (conn, false),
+                None => {
+                    let connected = self
+                        .connect_with(target, |io| async {
+                            Ok(ClientConn::new(io, Some(metrics.connect())))
+                        })
+                        .await;
+                    match connected {
+                        Ok(conn) => (conn, true),
+                        Err(error) => {
+                            return Err(SendError::Connect {
+                                error,
+                                request: None,
+                            });
+                        }
+                    }
+                }
+            };
+            match conn.send(head, body).await {
+                Ok((mut resp, conn)) => {
+                    match conn {
+                        Some(conn) => self.release_h1(target.clone(), conn),
+                        None => {
+                            let (pool, target) = (self.clone(), target.clone());
+                            resp.body_mut()
+                                .recycle_with(Box::new(move |conn| pool.release_h1(target, conn)));
+                        }
+                    }
+                    return Ok(resp.map(UpstreamResponseBody::H1));
+                }
+                Err(Failure { error, sent: false }) if fresh => {
+                    return Err(SendError::Connect {
+                        error: ConnectError::Fresh(error),
+                        request: None,
+                    });
+                }
+                Err(Failure { error, sent: false }) => {
+                    debug!(%target, %error, "pooled connection unusable; trying another");
+                }
+                Err(Failure { error, sent: true }) => return Err(SendError::Request(error.into())),
+            }
+        }
+    }
+
+    /// An idle inline connection to `target` that is still open.
+    fn take_h1(&self, target: &Target) -> Option<ClientConn<Io>> {
+        let mut pool = self.h1.lock().ok()?;
+        let conns = pool.get_mut(target)?;
+        let timeout = self.cfg.idle_timeout;
+        let mut found = None;
+        while let Some((mut conn, since)) = conns.pop() {
+            if since.elapsed() < timeout && conn.is_reusable() {
+                found = Some(conn);
+                break;
+            }
+        }
+        if conns.is_empty() {
+            pool.remove(target);
+        }
+        found
+    }
+
+    fn release_h1(&self, target: Target, conn: ClientConn<Io>) {
+        let Ok(mut pool) = self.h1.lock() else {
+            return;
+        };
+        let conns = pool.entry(target).or_default();
+        if conns.len() < self.cfg.max_idle_per_target {
+            conns.push((conn, Instant::now()));
+        }
     }
 
     /// Sends `req` (origin-form URI, Host header set) to `target`.
@@ -233,7 +382,7 @@ impl Upstream {
                         debug!(%target, error = %e.error(), "pooled connection unusable; retrying");
                         req = r;
                     }
-                    None => return Err(SendError::Request(e.into_error())),
+                    None => return Err(SendError::Request(e.into_error().into())),
                 },
             }
         }
@@ -242,7 +391,7 @@ impl Upstream {
             Err(error) => {
                 return Err(SendError::Connect {
                     error,
-                    request: Box::new(req),
+                    request: Some(Box::new(req)),
                 });
             }
         };
@@ -284,7 +433,7 @@ impl Upstream {
                     Err(error) => {
                         return Err(SendError::Connect {
                             error,
-                            request: Box::new(req),
+                            request: Some(Box::new(req)),
                         });
                     }
                 }
@@ -315,7 +464,7 @@ impl Upstream {
             Err(error) => {
                 return Err(SendError::Connect {
                     error,
-                    request: Box::new(req),
+                    request: Some(Box::new(req)),
                 });
             }
         };
@@ -328,6 +477,12 @@ impl Upstream {
         if let Ok(mut idle) = self.idle.lock() {
             idle.retain(|_, conns| {
                 conns.retain(|c| !c.tx.is_closed() && c.since.elapsed() < timeout);
+                !conns.is_empty()
+            });
+        }
+        if let Ok(mut h1) = self.h1.lock() {
+            h1.retain(|_, conns| {
+                conns.retain_mut(|(c, since)| since.elapsed() < timeout && c.is_reusable());
                 !conns.is_empty()
             });
         }
@@ -407,9 +562,9 @@ async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
 }
 
 /// A byte stream to an endpoint: TCP to a local one, or the mesh tunnel to a remote one.
-enum Io {
-    Tcp(TokioIo<TcpStream>),
-    Tunnel(Upgraded),
+pub enum Io {
+    Tcp(TcpStream),
+    Tunnel(TokioIo<Upgraded>),
 }
 
 macro_rules! delegate_io {
@@ -421,17 +576,17 @@ macro_rules! delegate_io {
     };
 }
 
-impl hyper::rt::Read for Io {
+impl AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         delegate_io!(self, io => Pin::new(io).poll_read(cx, buf))
     }
 }
 
-impl hyper::rt::Write for Io {
+impl AsyncWrite for Io {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -466,8 +621,8 @@ impl hyper::rt::Write for Io {
 
 async fn connect_io(tls: &MeshTls, target: &Target) -> Result<Io, ConnectError> {
     match &target.via {
-        None => Ok(Io::Tcp(TokioIo::new(tcp_connect(target.addr).await?))),
-        Some(via) => Ok(Io::Tunnel(
+        None => Ok(Io::Tcp(tcp_connect(target.addr).await?)),
+        Some(via) => Ok(Io::Tunnel(TokioIo::new(
             mesh_tunnel(
                 tls,
                 &crate::tls::service_key(INGRESS_NAMESPACE, INGRESS_SERVICE),
@@ -475,7 +630,7 @@ async fn connect_io(tls: &MeshTls, target: &Target) -> Result<Io, ConnectError> 
                 target.addr,
             )
             .await?,
-        )),
+        ))),
     }
 }
 
@@ -507,7 +662,7 @@ async fn handshake(
     metrics: ClusterMetrics,
 ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
     let (tx, conn) = http1::Builder::new()
-        .handshake(io)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
     // Counted once the connection is up, until it closes.
@@ -527,7 +682,7 @@ async fn handshake_upgradable(
     metrics: ClusterMetrics,
 ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
     let (tx, conn) = http1::Builder::new()
-        .handshake(io)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
     // Counted once the connection is up, until it closes.
@@ -547,7 +702,7 @@ async fn handshake_h2(
     metrics: ClusterMetrics,
 ) -> Result<http2::SendRequest<UpstreamBody>, ConnectError> {
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-        .handshake(io)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
     // Counted once the connection is up, until it closes.

@@ -38,12 +38,12 @@ use crate::error::RequestError;
 use crate::headers;
 use crate::metrics::{Limit, RouteMetrics};
 use crate::snapshot::{ClusterEntry, Snapshot};
-use crate::upstream::{SendError, Upstream, UpstreamBody};
+use crate::upstream::{SendError, Upstream, UpstreamBody, UpstreamError, UpstreamResponseBody};
 
 pub use body::Guarded;
 
 /// Body type of responses to downstream clients.
-pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+pub type ResponseBody = BoxBody<Bytes, UpstreamError>;
 
 /// Request bodies up to this size (with a known length) are kept so the request can be retried.
 pub const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
@@ -190,12 +190,16 @@ pub async fn forward(
         parts.version = Version::HTTP_2;
         parts.uri = absolute(&parts.uri, &parts.headers);
     }
-    let mut body = if retry.num_retries > 0 && !upgrade {
-        keep_body(incoming).await?
-    } else {
+    // Small bodies with a known length are kept: they go out with the head on the inline
+    // HTTP/1.1 client, and can be retried.
+    let mut body = if upgrade {
         RequestBody::Stream(Some(incoming.boxed()))
+    } else {
+        keep_body(incoming).await?
     };
-    let template = matches!(body, RequestBody::Kept(_)).then(|| parts.clone());
+    // Kept HTTP/1.1 requests lend head and body to every attempt; the others are rebuilt.
+    let lend = matches!(body, RequestBody::Kept(_)) && !h2 && !upgrade;
+    let template = (matches!(body, RequestBody::Kept(_)) && !lend).then(|| parts.clone());
     let mut head = Some(parts);
     let mut handed_back: Option<Request<UpstreamBody>> = None;
     let max_attempts = retry.connect_attempts.max(retry.num_retries + 1) as usize;
@@ -206,7 +210,7 @@ pub async fn forward(
     let states = cluster.states();
     let mut retry_guards: Vec<RetryGuard> = Vec::new();
     let mut last_error = None;
-    let mut held_back: Option<(Response<Incoming>, crate::balance::InFlight)> = None;
+    let mut held_back: Option<(Response<UpstreamResponseBody>, crate::balance::InFlight)> = None;
     // Retries go to the next distinct endpoint, cycling when there are fewer endpoints than
     // attempts (a single instance is retried on itself).
     let attempts = if picks.is_empty() { 0 } else { max_attempts };
@@ -216,8 +220,10 @@ pub async fn forward(
         let state = &states[index];
         // The first attempt takes the head; a connect failure hands the request back whole;
         // a retry of a sent request needs a kept body and a copy of the head.
-        let attempt = if let Some(r) = handed_back.take() {
-            r
+        let attempt = if lend {
+            None
+        } else if let Some(r) = handed_back.take() {
+            Some(r)
         } else if let Some(p) = head.take() {
             let first = match &mut body {
                 RequestBody::Kept(bytes) => kept(bytes),
@@ -226,9 +232,9 @@ pub async fn forward(
                     None => break,
                 },
             };
-            Request::from_parts(p, first)
+            Some(Request::from_parts(p, first))
         } else if let (Some(t), RequestBody::Kept(bytes)) = (&template, &body) {
-            Request::from_parts(t.clone(), kept(bytes))
+            Some(Request::from_parts(t.clone(), kept(bytes)))
         } else {
             break;
         };
@@ -238,12 +244,23 @@ pub async fn forward(
         let target = endpoint.target();
         let attempt_started = Instant::now();
         let sent = async {
-            if upgrade {
-                upstream.send_upgrade(target.clone(), attempt, cm).await
-            } else if h2 {
-                upstream.send_h2(target.clone(), attempt, cm).await
-            } else {
-                upstream.send(target.clone(), attempt, cm).await
+            match (attempt, &head, &body) {
+                (None, Some(p), RequestBody::Kept(bytes)) => {
+                    upstream.send_kept(&target, p, bytes, cm).await
+                }
+                (Some(attempt), _, _) if upgrade => upstream
+                    .send_upgrade(target.clone(), attempt, cm)
+                    .await
+                    .map(from_hyper),
+                (Some(attempt), _, _) if h2 => upstream
+                    .send_h2(target.clone(), attempt, cm)
+                    .await
+                    .map(from_hyper),
+                (Some(attempt), _, _) => upstream
+                    .send(target.clone(), attempt, cm)
+                    .await
+                    .map(from_hyper),
+                (None, _, _) => unreachable!("only kept requests are lent"),
             }
         };
         let result = match timeout {
@@ -306,7 +323,7 @@ pub async fn forward(
                 }
                 warn!(cluster = %c.name, %target, %error, "upstream connect failed (nothing sent; safe to retry)");
                 // Nothing was sent: the request goes whole to the next endpoint.
-                handed_back = Some(*request);
+                handed_back = request.map(|r| *r);
                 // Connect failures move on to other endpoints only, never back to this one.
                 if n + 1 >= (retry.connect_attempts as usize).min(picks.len()) {
                     return Err(RequestError::Connect {
@@ -514,7 +531,7 @@ async fn keep_body(body: Incoming) -> Result<RequestBody, RequestError> {
 /// The response for the client: hop-by-hop headers stripped, the body wrapped so the
 /// endpoint's in-flight count and the cluster's request slot last until it ends.
 fn finish<G: Send + Sync + Unpin + 'static>(
-    resp: Response<Incoming>,
+    resp: Response<UpstreamResponseBody>,
     guards: G,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
@@ -526,7 +543,7 @@ fn finish<G: Send + Sync + Unpin + 'static>(
 /// byte tunnel (its own task, holding the guards until either side closes); any other answer
 /// is an ordinary response.
 fn switch_protocols<G: Send + Sync + Unpin + 'static>(
-    mut resp: Response<Incoming>,
+    mut resp: Response<UpstreamResponseBody>,
     downstream: hyper::upgrade::OnUpgrade,
     guards: G,
 ) -> Response<ResponseBody> {
@@ -551,6 +568,10 @@ fn switch_protocols<G: Send + Sync + Unpin + 'static>(
     // 101 keeps `Upgrade` and `Connection: upgrade`; the body is empty.
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, empty())
+}
+
+fn from_hyper(resp: Response<Incoming>) -> Response<UpstreamResponseBody> {
+    resp.map(UpstreamResponseBody::Hyper)
 }
 
 fn kept(bytes: &Bytes) -> UpstreamBody {

@@ -1,0 +1,43 @@
+//! A lean HTTP/1.1 client for the proxy's pooled upstream connections.
+//!
+//! hyper's client runs every connection as a task of its own and hands requests, responses and
+//! body chunks to it through channels: four task polls per request. This client runs inline in
+//! the request's task instead: it writes the request head and a kept body (empty, or buffered
+//! for retries) in one write, reads and parses the response head with httparse, and returns a
+//! body that reads straight from the connection. A body that arrived with the head (the usual
+//! small response) is complete at once and the connection goes back to the pool before the
+//! response is handed on; a longer body gives the connection back when it ends.
+//!
+//! Requests with streaming bodies, `Upgrade` requests and HTTP/2 stay on hyper
+//! ([`crate::upstream`]).
+
+pub mod chunked;
+pub mod client;
+
+pub use client::{ClientBody, ClientConn, Recycle};
+
+/// An HTTP/1.1 exchange with an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// Reading or writing the connection failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The connection closed before the response (or its body) was complete.
+    #[error("connection closed before the response was complete")]
+    Closed,
+    /// The response head could not be parsed.
+    #[error("invalid response head: {0}")]
+    Parse(httparse::Error),
+    /// The response head is larger than the limit.
+    #[error("response head over {0} bytes")]
+    HeadTooLarge(usize),
+    /// The response's framing is invalid (e.g. two different Content-Lengths).
+    #[error("invalid response framing: {0}")]
+    Framing(&'static str),
+    /// The chunked body is malformed.
+    #[error("invalid chunked body: {0}")]
+    Chunked(&'static str),
+    /// A request header value cannot be sent as HTTP/1.1.
+    #[error("request cannot be encoded: {0}")]
+    Encode(&'static str),
+}
