@@ -29,6 +29,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including any named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there are none: one pass over the names instead of a lookup per hop-by-hop name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -47,31 +51,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Appends the client's address to `x-forwarded-for` and sets `x-forwarded-host` (the host the
 /// client asked for) and `x-forwarded-proto` (the scheme it used to reach this proxy).
 pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>, proto: &str) {
-    let ip = peer.ip().to_string();
-    let previous: Vec<&str> = headers
+    use std::fmt::Write as _;
+    let mut xff = String::with_capacity(64);
+    for previous in headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .collect();
-    let xff = if previous.is_empty() {
-        ip.clone()
-    } else {
-        format!("{}, {ip}", previous.join(", "))
-    };
-    let xff = HeaderValue::from_str(&xff)
-        .or_else(|_| HeaderValue::from_str(&ip))
-        .ok();
-    headers.remove(&X_FORWARDED_FOR);
-    if let Some(xff) = xff {
-        headers.insert(X_FORWARDED_FOR, xff);
+    {
+        xff.push_str(previous);
+        xff.push_str(", ");
+    }
+    let _ = write!(xff, "{}", peer.ip());
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+        Ok(v) => {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        Err(_) => {
+            headers.remove(&X_FORWARDED_FOR);
+        }
     }
     match host.and_then(|h| HeaderValue::from_str(h).ok()) {
         Some(h) => headers.insert(X_FORWARDED_HOST, h),
         None => headers.remove(X_FORWARDED_HOST),
     };
-    if let Ok(proto) = HeaderValue::from_str(proto) {
-        headers.insert(X_FORWARDED_PROTO, proto);
-    }
+    let proto = match proto {
+        "http" => HeaderValue::from_static("http"),
+        "https" => HeaderValue::from_static("https"),
+        other => match HeaderValue::from_str(other) {
+            Ok(v) => v,
+            Err(_) => return,
+        },
+    };
+    headers.insert(X_FORWARDED_PROTO, proto);
 }
 
 #[cfg(test)]

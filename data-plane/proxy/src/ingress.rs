@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -23,7 +23,8 @@ use tracing::{debug, warn};
 use crate::access_log::{AccessLog, RequestHead, ResponseFlags};
 use crate::drain::Drain;
 use crate::error::RequestError;
-use crate::l7;
+use crate::h1::{self, io::Prefixed, server::Outcome};
+use crate::l7::{self, DownstreamBody};
 use crate::router::{self, normalize_host};
 use crate::snapshot::ConfigHandle;
 use crate::tls::issuer::INGRESS_SERVICE;
@@ -55,7 +56,11 @@ impl Ingress {
     }
 
     /// Proxies one request; every failure becomes a plain-text error response.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        req: Request<DownstreamBody>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let head = self.access_log.as_ref().map(|_| RequestHead::capture(&req));
         // A header value clone shares the request's buffer: no copy.
@@ -111,7 +116,7 @@ impl Ingress {
 
     async fn proxy(
         &self,
-        req: Request<Incoming>,
+        req: Request<DownstreamBody>,
         peer: SocketAddr,
         raw_host: Option<&str>,
         host: &str,
@@ -201,14 +206,34 @@ pub async fn serve(
     }
 }
 
-/// Serves one client connection (HTTP/1.1 or h2c prior knowledge) over any byte stream.
-pub async fn serve_connection<I>(io: I, peer: SocketAddr, ingress: Arc<Ingress>, drain: Drain)
+/// Serves one client connection over any byte stream: HTTP/1.1 on the inline loop
+/// ([`h1::server`]), handed to hyper for h2c (prior knowledge), upgrades and streamed bodies.
+pub async fn serve_connection<I>(mut io: I, peer: SocketAddr, ingress: Arc<Ingress>, drain: Drain)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| {
+    let mut buf = BytesMut::new();
+    let outcome = h1::server::serve(&mut io, &mut buf, &drain, |req: Request<Bytes>| {
+        ingress.handle(req.map(DownstreamBody::Kept), peer)
+    })
+    .await;
+    match outcome {
+        Ok(Outcome::Closed) => {}
+        Ok(Outcome::Handoff) => serve_with_hyper(Prefixed::new(buf, io), peer, ingress, drain).await,
+        Err(error) => debug!(%peer, %error, "ingress connection ended with error"),
+    }
+}
+
+/// Serves the connection with hyper (HTTP/1.1 with upgrades, or h2c with prior knowledge).
+async fn serve_with_hyper<I>(io: I, peer: SocketAddr, ingress: Arc<Ingress>, drain: Drain)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
         let ingress = ingress.clone();
-        async move { Ok::<_, Infallible>(ingress.handle(req, peer).await) }
+        async move {
+            Ok::<_, Infallible>(ingress.handle(req.map(DownstreamBody::Hyper), peer).await)
+        }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

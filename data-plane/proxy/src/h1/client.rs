@@ -5,12 +5,12 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode, Version, request};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::H1Error;
+use super::{H1Error, Span, header_map};
 use super::chunked::{Decoded, Decoder};
 use crate::metrics::ConnectionGauge;
 
@@ -291,27 +291,20 @@ fn parse_head<I>(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head<I
     }
     // Where each name and value sits in the head, so the values can share its bytes.
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(usize, usize, usize, usize)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            (n, n + h.name.len(), v, v + h.value.len())
-        })
-        .collect();
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start, start + s.len())
+    };
+    let mut spans: [Span; MAX_HEADERS] = [((0, 0), (0, 0)); MAX_HEADERS];
+    for (slot, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+        *slot = (span(h.name.as_bytes()), span(h.value));
+    }
+    let spans = &spans[..parsed.headers.len()];
     let head = buf.split_to(len).freeze();
     if status.is_informational() {
         return Ok(Some(Head::Informational));
     }
-    let mut map = HeaderMap::with_capacity(spans.len());
-    for (ns, ne, vs, ve) in spans {
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| H1Error::Framing("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| H1Error::Framing("invalid header value"))?;
-        map.append(name, value);
-    }
+    let map = header_map(&head, spans).map_err(H1Error::Framing)?;
     let (framing, mut keep_alive) = framing_of(&map, status, head_request)?;
     keep_alive &= connection_persists(&map, version);
     let mut response = Response::new(ClientBody::full(Bytes::new()));

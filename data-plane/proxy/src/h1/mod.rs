@@ -1,4 +1,5 @@
-//! A lean HTTP/1.1 client for the proxy's pooled upstream connections.
+//! Lean HTTP/1.1 for the proxy's hot path: an inline client for pooled upstream connections,
+//! and an inline server loop for the ingress.
 //!
 //! hyper's client runs every connection as a task of its own and hands requests, responses and
 //! body chunks to it through channels: four task polls per request. This client runs inline in
@@ -10,11 +11,34 @@
 //!
 //! Requests with streaming bodies, `Upgrade` requests and HTTP/2 stay on hyper
 //! ([`crate::upstream`]).
+//!
+//! [`server`] is the ingress's side of the same idea: an inline HTTP/1.1 loop for requests
+//! without a body or with a small one, handing anything else to hyper.
 
 pub mod chunked;
 pub mod client;
+pub mod io;
+pub mod server;
 
 pub use client::{ClientBody, ClientConn, Recycle};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// Where a header's name and value sit in a parsed head: `((name start, end), (value start, end))`.
+pub type Span = ((usize, usize), (usize, usize));
+
+/// The headers of a parsed `head`; values share its bytes.
+pub fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for &((ns, ne), (vs, ve)) in spans {
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "invalid header name")?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "invalid header value")?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
 
 /// An HTTP/1.1 exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]

@@ -83,6 +83,14 @@ pub struct Forward<'a> {
     pub detailed: bool,
 }
 
+/// A request body from a downstream client: hyper's, or read whole by the inline HTTP/1.1
+/// server ([`crate::h1::server`]).
+#[derive(Debug)]
+pub enum DownstreamBody {
+    Hyper(Incoming),
+    Kept(Bytes),
+}
+
 /// The request body as the attempts use it.
 enum RequestBody {
     /// Sent once (handed back after a connect failure); no retry of a sent request.
@@ -96,7 +104,7 @@ pub async fn forward(
     snapshot: &Arc<Snapshot>,
     upstream: &Arc<Upstream>,
     f: Forward<'_>,
-    mut req: Request<Incoming>,
+    mut req: Request<DownstreamBody>,
     report: &mut Report,
 ) -> Result<Response<ResponseBody>, RequestError> {
     let now = Instant::now();
@@ -192,10 +200,10 @@ pub async fn forward(
     }
     // Small bodies with a known length are kept: they go out with the head on the inline
     // HTTP/1.1 client, and can be retried.
-    let mut body = if upgrade {
-        RequestBody::Stream(Some(incoming.boxed()))
-    } else {
-        keep_body(incoming).await?
+    let mut body = match incoming {
+        DownstreamBody::Kept(bytes) => RequestBody::Kept(bytes),
+        DownstreamBody::Hyper(incoming) if upgrade => RequestBody::Stream(Some(incoming.boxed())),
+        DownstreamBody::Hyper(incoming) => keep_body(incoming).await?,
     };
     // Kept HTTP/1.1 requests lend head and body to every attempt; the others are rebuilt.
     let lend = matches!(body, RequestBody::Kept(_)) && !h2 && !upgrade;
@@ -441,12 +449,12 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Rewrites the request for the upstream hop: origin-form URI (path rewritten by the route),
 /// HTTP/1.1, Host kept (or taken from the h2 `:authority`), hop-by-hop headers stripped (an
 /// upgrade keeps `Upgrade` and `Connection: upgrade`), route headers applied, `x-forwarded-*`.
-fn prepare(
-    req: Request<Incoming>,
+fn prepare<B>(
+    req: Request<B>,
     f: &Forward<'_>,
     route: Option<&HttpRoute>,
     upgrade: bool,
-) -> (http::request::Parts, Incoming) {
+) -> (http::request::Parts, B) {
     let (mut parts, body) = req.into_parts();
     let upgrade_to = upgrade
         .then(|| parts.headers.get(header::UPGRADE).cloned())
