@@ -3,11 +3,6 @@
 use clap::{Parser, Subcommand};
 use flotilla::{agent, dev, proxy, server};
 
-/// mimalloc: per-thread free lists suit the proxy's many short-lived request allocations
-/// (glibc's malloc and free were a seventh of its user time).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Flotilla: a container orchestrator with a built-in service mesh.
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about, long_about = None)]

@@ -219,7 +219,9 @@ where
     .await;
     match outcome {
         Ok(Outcome::Closed) => {}
-        Ok(Outcome::Handoff) => serve_with_hyper(Prefixed::new(buf, io), peer, ingress, drain).await,
+        Ok(Outcome::Handoff) => {
+            serve_with_hyper(Prefixed::new(buf, io), peer, ingress, drain).await
+        }
         Err(error) => debug!(%peer, %error, "ingress connection ended with error"),
     }
 }
@@ -231,9 +233,7 @@ where
 {
     let svc = service_fn(move |req: Request<Incoming>| {
         let ingress = ingress.clone();
-        async move {
-            Ok::<_, Infallible>(ingress.handle(req.map(DownstreamBody::Hyper), peer).await)
-        }
+        async move { Ok::<_, Infallible>(ingress.handle(req.map(DownstreamBody::Hyper), peer).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

@@ -10,8 +10,8 @@ use http::{Method, Response, StatusCode, Version, request};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{H1Error, Span, header_map};
 use super::chunked::{Decoded, Decoder};
+use super::{H1Error, Span, header_map};
 use crate::metrics::ConnectionGauge;
 
 /// Most response headers parsed.
@@ -20,8 +20,6 @@ const MAX_HEADERS: usize = 128;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// A kept body up to this size goes out in the same write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
-/// Read buffer growth step.
-const READ_CHUNK: usize = 8 * 1024;
 
 /// Gives a connection back to its pool once a streamed body has ended cleanly.
 pub type Recycle<I> = Box<dyn FnOnce(ClientConn<I>) + Send + Sync>;
@@ -185,7 +183,7 @@ where
             if self.buf.len() > MAX_HEAD {
                 return Err(H1Error::HeadTooLarge(MAX_HEAD));
             }
-            self.buf.reserve(READ_CHUNK);
+            super::reserve_read(&mut self.buf);
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return Err(H1Error::Closed);
             }
@@ -510,7 +508,7 @@ where
                     return Poll::Ready(None);
                 }
                 Step::Read => {
-                    conn.buf.reserve(READ_CHUNK);
+                    super::reserve_read(&mut conn.buf);
                     match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(0)) => {

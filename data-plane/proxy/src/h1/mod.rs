@@ -25,6 +25,19 @@ pub use client::{ClientBody, ClientConn, Recycle};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+/// Read buffers grow by this much when less than [`MIN_READ_SPACE`] is left.
+const READ_CHUNK: usize = 8 * 1024;
+/// A read needs at least this much free space; less, and the buffer grows.
+const MIN_READ_SPACE: usize = 1024;
+
+/// Makes room for a read. Heads split off the front share the buffer's allocation, so growing
+/// only when little space is left lets many requests share one allocation.
+pub fn reserve_read(buf: &mut bytes::BytesMut) {
+    if buf.capacity() - buf.len() < MIN_READ_SPACE {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
 /// Where a header's name and value sit in a parsed head: `((name start, end), (value start, end))`.
 pub type Span = ((usize, usize), (usize, usize));
 
@@ -33,8 +46,8 @@ pub fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static st
     let mut map = HeaderMap::with_capacity(spans.len());
     for &((ns, ne), (vs, ve)) in spans {
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "invalid header name")?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "invalid header value")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| "invalid header value")?;
         map.append(name, value);
     }
     Ok(map)

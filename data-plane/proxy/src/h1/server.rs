@@ -27,7 +27,6 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_KEPT_BODY: u64 = 64 * 1024;
 /// Output is written once this much is buffered, or when the body has nothing ready.
 const WRITE_AT: usize = 16 * 1024;
-const READ_CHUNK: usize = 8 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How the inline loop left the connection.
@@ -47,6 +46,8 @@ struct Head {
     keep_alive: bool,
 }
 
+// `Complete` is large, but a `Parse` lives on the stack once per request: no box for it.
+#[allow(clippy::large_enum_variant)]
 enum Parse {
     Complete(Head),
     Partial,
@@ -99,10 +100,16 @@ where
                 }
             }
             if buf.len() > MAX_HEAD {
-                reject(io, &mut out, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large").await?;
+                reject(
+                    io,
+                    &mut out,
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request head too large",
+                )
+                .await?;
                 return Ok(Outcome::Closed);
             }
-            buf.reserve(READ_CHUNK);
+            super::reserve_read(buf);
             let read = if buf.is_empty() {
                 // Idle between requests: the drain may close the connection now.
                 tokio::select! {
@@ -128,8 +135,7 @@ where
         let keep_alive = head.keep_alive;
         let response = handler(head.request.map(|()| body)).await;
         let keep_alive = keep_alive && !drain.is_draining();
-        if !write_response(io, &mut out, response, head_request, keep_alive).await? || !keep_alive
-        {
+        if !write_response(io, &mut out, response, head_request, keep_alive).await? || !keep_alive {
             let _ = io.shutdown().await;
             return Ok(Outcome::Closed);
         }
@@ -142,10 +148,20 @@ fn parse(buf: &mut BytesMut) -> Parse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            // A head can arrive whole in one read: the limit holds then too.
+            return Parse::Reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+            );
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parse::Partial,
         Err(httparse::Error::TooManyHeaders) => {
-            return Parse::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many headers");
+            return Parse::Reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many headers",
+            );
         }
         Err(httparse::Error::Version) => return Parse::Handoff,
         Err(_) => return Parse::Reject(StatusCode::BAD_REQUEST, "malformed request head"),
@@ -153,7 +169,10 @@ fn parse(buf: &mut BytesMut) -> Parse {
     if req.version != Some(1) {
         return Parse::Handoff;
     }
-    let Some(method) = req.method.and_then(|m| Method::from_bytes(m.as_bytes()).ok()) else {
+    let Some(method) = req
+        .method
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+    else {
         return Parse::Reject(StatusCode::BAD_REQUEST, "invalid method");
     };
     if method == Method::CONNECT {
