@@ -228,8 +228,6 @@ fn host_name() -> String {
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let path = args.bootstrap.as_path();
     let bootstrap = Bootstrap::load(path)?;
-    // Validate before binding, so a bad file is reported even when a port is taken.
-    bootstrap.apply(path, &ConfigHandle::new())?;
     for warning in bootstrap.warnings() {
         warn!(bootstrap = %path.display(), "{warning}");
     }
@@ -243,6 +241,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(n) = args.workers.and_then(|n| NonZeroUsize::new(usize::from(n))) {
         proxy = proxy.with_workers(n);
     }
+    // Applying validates: a bad file ends the command here, before anything is served. (A
+    // trial apply before binding would leave its garbage in the heap for the proxy's life.)
     bootstrap.apply(path, &proxy.config())?;
     info!(
         bootstrap = %path.display(),

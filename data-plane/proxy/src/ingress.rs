@@ -1,8 +1,10 @@
 //! The ingress listener: HTTP/1.1 (and h2c with prior knowledge) from clients, routed by host
-//! and path to a cluster, balanced round robin over its healthy endpoints, forwarded upstream.
+//! and path to a service, forwarded by the L7 path ([`l7::forward`]).
 //!
-//! Per request: load the snapshot once → [`router::resolve`] → pick endpoints in round-robin
-//! order → [`Upstream::send`]; a connect failure (nothing sent) moves on to the next endpoint.
+//! The accept loop hands each connection to a forwarding worker ([`crate::workers`]), which
+//! serves it with the inline HTTP/1.1 loop ([`h1::server`]) or, for h2c, upgrades and streamed
+//! bodies, with hyper. Per request: load the snapshot once → [`router::resolve`] → [`l7::forward`]
+//! on the worker's own [`Upstream`] pool.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -14,11 +14,13 @@
 //! # Data flow
 //! ```text
 //!  control plane ──gRPC Stream──▶ xds::DiscoveryClient ──validate (config)──▶ ArcSwap<Snapshot>
-//!                 ◀── ACK / NACK ─┘                                              │ load()
-//!                ◀── CSR ── tls::issuer (key stays here) ──▶ tls::Certs ─────────┤
-//!  client ──HTTP──▶ ingress ──router──▶ l7: route table, split, limits, retries ──┤
-//!                                        └─ balance: policy picks, ejected skipped ┤
-//!  app ──TCP──▶ 127.0.0.1:<upstream port> (outbound) ──balance───────────────────┘
+//!                 ◀── ACK / NACK ─┘                                                  │ load()
+//!                ◀── CSR ── tls::issuer (key stays here) ──▶ tls::Certs ─────────────┤
+//!  client ──HTTP──▶ ingress ──router──▶ l7: route table, split, limits, retries ─────┤
+//!                   (on a worker:        ├─ balance: policy picks, ejected skipped ──┤
+//!                    h1::server inline,  └─ upstream (the worker's pool):            │
+//!                    hyper for the rest)    h1::client for kept bodies, else hyper   │
+//!  app ──TCP──▶ 127.0.0.1:<upstream port> (outbound) ──balance───────────────────────┘
 //!                      │
 //!                      ├─ local instance: intention check, TCP to the workload (splice for L4)
 //!                      └─ remote instance: mTLS (as the source service) to the peer's inbound
@@ -30,13 +32,25 @@
 //! # Threads and listeners
 //! | listener | default | runs on |
 //! |---|---|---|
-//! | ingress (HTTP/1.1, h2c) | `0.0.0.0:8080` | the caller's runtime |
+//! | ingress (HTTP/1.1, h2c) | `0.0.0.0:8080` | accept loop: the caller's runtime; connections: the forwarding workers ([`workers`]) |
 //! | inbound (mTLS CONNECT tunnels between nodes) | `0.0.0.0:15008` | the caller's runtime |
 //! | upstream listeners (one per Connect upstream) | `127.0.0.1:<local_bind_port>` | the caller's runtime |
 //! | admin | `127.0.0.1:19000` | its own thread and current-thread runtime |
 //!
-//! Shutdown ([`drain`]): stop accepting, let in-flight requests and tunnels finish for up to the
-//! grace period ([`BoundProxy::with_drain_grace`], 5 s by default), then drop what is left.
+//! The forwarding workers are threads of their own (one per CPU by default,
+//! [`BoundProxy::with_workers`]), each running a current-thread runtime. The accept loop hands
+//! each connection to the worker with the fewest open ones; the connection, its requests and
+//! their upstream connections (each worker has its own [`upstream::Upstream`] pool) then stay on
+//! that thread. The worker serves HTTP/1.1 inline ([`h1::server`]) and hands the connection to
+//! hyper for anything else (h2c, HTTP/1.0, `Upgrade`, `Expect`, `Transfer-Encoding`, bodies over
+//! 64 KiB, `CONNECT`). A request reaches [`l7`] with an [`l7::DownstreamBody`]: the bytes the
+//! inline server read, or hyper's body, which l7 keeps too when its length is known and at most
+//! 64 KiB. A kept request to an HTTP/1.1 cluster goes out on the inline client ([`h1::client`]);
+//! the rest (streamed bodies, upgrades, HTTP/2) on hyper's.
+//!
+//! Shutdown ([`drain`]): stop accepting, let in-flight requests and tunnels (on the workers too)
+//! finish for up to the grace period ([`BoundProxy::with_drain_grace`], 5 s by default), then drop
+//! what is left and end the worker threads.
 
 pub mod access_log;
 pub mod admin;

@@ -242,12 +242,66 @@ fn unsent(mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>) -> Se
     }
 }
 
-/// An idle inline HTTP/1.1 connection and when it was pooled.
-type IdleH1 = (ClientConn<Io>, Instant);
+/// Connections per target, each with the time it was pooled.
+struct Pool<T> {
+    map: Mutex<HashMap<Target, Vec<(T, Instant)>>>,
+}
 
-struct Idle {
-    tx: SendRequest<UpstreamBody>,
-    since: Instant,
+impl<T> Pool<T> {
+    fn new() -> Self {
+        Pool {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The most recently pooled connection to `target` that is `ready`, looking from the most
+    /// recent; connections that are not `alive` or older than `timeout` are dropped on the
+    /// way, connections alive but not ready (busy) stay.
+    fn take(
+        &self,
+        target: &Target,
+        timeout: Duration,
+        mut alive: impl FnMut(&mut T) -> bool,
+        ready: impl Fn(&T) -> bool,
+    ) -> Option<T> {
+        let mut map = self.map.lock().ok()?;
+        let conns = map.get_mut(target)?;
+        let mut found = None;
+        for i in (0..conns.len()).rev() {
+            let (conn, since) = &mut conns[i];
+            if since.elapsed() >= timeout || !alive(conn) {
+                conns.swap_remove(i);
+            } else if ready(conn) {
+                found = Some(conns.swap_remove(i).0);
+                break;
+            }
+        }
+        if conns.is_empty() {
+            map.remove(target);
+        }
+        found
+    }
+
+    /// Pools `conn` unless `target` already has `max`.
+    fn put(&self, target: Target, conn: T, max: usize) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        let conns = map.entry(target).or_default();
+        if conns.len() < max {
+            conns.push((conn, Instant::now()));
+        }
+    }
+
+    /// Drops every connection that is not `alive` or older than `timeout`.
+    fn prune(&self, timeout: Duration, mut alive: impl FnMut(&mut T) -> bool) {
+        if let Ok(mut map) = self.map.lock() {
+            map.retain(|_, conns| {
+                conns.retain_mut(|(c, since)| since.elapsed() < timeout && alive(c));
+                !conns.is_empty()
+            });
+        }
+    }
 }
 
 /// Pooled HTTP/1.1 client (and one multiplexed HTTP/2 connection per target) for upstream
@@ -255,9 +309,10 @@ struct Idle {
 pub struct Upstream {
     cfg: UpstreamConfig,
     tls: Arc<MeshTls>,
-    idle: Mutex<HashMap<Target, Vec<Idle>>>,
+    /// hyper's HTTP/1.1 connections, for requests with streamed bodies.
+    idle: Pool<SendRequest<UpstreamBody>>,
     /// Inline HTTP/1.1 connections ([`crate::h1`]) for requests with kept bodies.
-    h1: Mutex<HashMap<Target, Vec<IdleH1>>>,
+    h1: Pool<ClientConn<Io>>,
     h2: Mutex<HashMap<Target, http2::SendRequest<UpstreamBody>>>,
 }
 
@@ -273,8 +328,8 @@ impl Upstream {
         Arc::new(Upstream {
             cfg,
             tls,
-            idle: Mutex::new(HashMap::new()),
-            h1: Mutex::new(HashMap::new()),
+            idle: Pool::new(),
+            h1: Pool::new(),
             h2: Mutex::new(HashMap::new()),
         })
     }
@@ -337,30 +392,16 @@ impl Upstream {
 
     /// An idle inline connection to `target` that is still open.
     fn take_h1(&self, target: &Target) -> Option<ClientConn<Io>> {
-        let mut pool = self.h1.lock().ok()?;
-        let conns = pool.get_mut(target)?;
-        let timeout = self.cfg.idle_timeout;
-        let mut found = None;
-        while let Some((mut conn, since)) = conns.pop() {
-            if since.elapsed() < timeout && conn.is_reusable() {
-                found = Some(conn);
-                break;
-            }
-        }
-        if conns.is_empty() {
-            pool.remove(target);
-        }
-        found
+        self.h1.take(
+            target,
+            self.cfg.idle_timeout,
+            ClientConn::is_reusable,
+            |_| true,
+        )
     }
 
     fn release_h1(&self, target: Target, conn: ClientConn<Io>) {
-        let Ok(mut pool) = self.h1.lock() else {
-            return;
-        };
-        let conns = pool.entry(target).or_default();
-        if conns.len() < self.cfg.max_idle_per_target {
-            conns.push((conn, Instant::now()));
-        }
+        self.h1.put(target, conn, self.cfg.max_idle_per_target);
     }
 
     /// Sends `req` (origin-form URI, Host header set) to `target`.
@@ -474,18 +515,8 @@ impl Upstream {
     /// Drops idle connections that are closed or past the idle timeout.
     pub fn prune(&self) {
         let timeout = self.cfg.idle_timeout;
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|_, conns| {
-                conns.retain(|c| !c.tx.is_closed() && c.since.elapsed() < timeout);
-                !conns.is_empty()
-            });
-        }
-        if let Ok(mut h1) = self.h1.lock() {
-            h1.retain(|_, conns| {
-                conns.retain_mut(|(c, since)| since.elapsed() < timeout && c.is_reusable());
-                !conns.is_empty()
-            });
-        }
+        self.idle.prune(timeout, |tx| !tx.is_closed());
+        self.h1.prune(timeout, ClientConn::is_reusable);
         if let Ok(mut h2) = self.h2.lock() {
             h2.retain(|_, tx| !tx.is_closed());
         }
@@ -494,34 +525,18 @@ impl Upstream {
     /// A pooled connection to `target` ready for a request. Connections still busy with a
     /// response stay pooled; closed or expired ones are dropped.
     fn take_idle(&self, target: &Target) -> Option<SendRequest<UpstreamBody>> {
-        let mut idle = self.idle.lock().ok()?;
-        let conns = idle.get_mut(target)?;
-        let timeout = self.cfg.idle_timeout;
-        let now = Instant::now();
-        conns.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
-        let found = conns
-            .iter()
-            .rposition(|c| c.tx.is_ready())
-            .map(|i| conns.swap_remove(i).tx);
-        if conns.is_empty() {
-            idle.remove(target);
-        }
-        found
+        self.idle.take(
+            target,
+            self.cfg.idle_timeout,
+            |tx| !tx.is_closed(),
+            SendRequest::is_ready,
+        )
     }
 
     /// Pools the connection at once, while its response may still be streaming: HTTP/1.1
     /// takes the next request only after that, so [`Self::take_idle`] skips it until then.
     fn release(&self, target: Target, tx: SendRequest<UpstreamBody>) {
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
-        let conns = idle.entry(target).or_default();
-        if conns.len() < self.cfg.max_idle_per_target {
-            conns.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
-        }
+        self.idle.put(target, tx, self.cfg.max_idle_per_target);
     }
 
     async fn connect(

@@ -117,7 +117,8 @@ pub struct Cluster {
     pub service: String,
     /// The resolver subset; empty for the whole service.
     pub subset: String,
-    /// All instances, healthy or not, in the order the server sent them.
+    /// All instances, healthy or not, in the order the server sent them (a snapshot's
+    /// [`crate::snapshot::ClusterEntry`] moves the healthy ones to the front).
     pub endpoints: Vec<Endpoint>,
     /// How endpoints are picked and protected.
     pub policy: ClusterPolicy,

@@ -1,7 +1,7 @@
 //! The L7 request path: from a request for a service to a response from one of its endpoints.
 //!
 //! Per request, on one config snapshot:
-//! 1. the service's route table ([`ServiceRoutes`], from its service-router, -splitter and
+//! 1. the service's route table ([`crate::config::ServiceRoutes`], from its service-router, -splitter and
 //!    -resolver) picks a route, and the route's weights a cluster; a cluster without a usable
 //!    endpoint hands over to its failover clusters;
 //! 2. the intention from the caller to the cluster's service, the cluster's local rate limit and
@@ -12,7 +12,9 @@
 //!    backoff — when the request body could be kept (empty, or at most
 //!    [`RETRY_BUFFER_LIMIT`] bytes with a known length); every outcome feeds outlier detection.
 //!
-//! Bodies stream both ways; only a retryable request's small body is buffered. HTTP/2 and gRPC
+//! A request body with a known length of at most [`RETRY_BUFFER_LIMIT`] bytes is kept (read
+//! whole): it goes out with the head on the inline HTTP/1.1 client ([`crate::h1::client`]) and
+//! can be retried. Larger or unknown-length bodies stream both ways on hyper. HTTP/2 and gRPC
 //! clusters get one multiplexed h2 connection per endpoint (trailers pass through);
 //! `Upgrade` requests (WebSocket) get a connection of their own that becomes a byte tunnel.
 
