@@ -654,12 +654,18 @@ pub fn intentions(default: &str, rules: &[(&str, &str, &str)]) -> Resource {
 
 /// A port that was free a moment ago (upstream listeners need a fixed port).
 pub async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the kernel's ephemeral range (32768–60999 by default), so a `bind(…:0)` elsewhere in
+    // the tests cannot take the port before the proxy binds it, and never the same port twice
+    // in one process (tests run concurrently).
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = (std::process::id() % 97) * 120;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (base + n) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port as u16)).await.is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 // ---------------------------------------------------------------- backends
