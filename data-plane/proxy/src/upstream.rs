@@ -680,14 +680,7 @@ async fn handshake(
         .handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
-    // Counted once the connection is up, until it closes.
-    let gauge = metrics.connect();
-    tokio::spawn(async move {
-        let _gauge = gauge;
-        if let Err(error) = conn.await {
-            debug!(%error, "upstream connection ended with error");
-        }
-    });
+    drive(&metrics, conn, "upstream connection");
     Ok(tx)
 }
 
@@ -700,15 +693,27 @@ async fn handshake_upgradable(
         .handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
-    // Counted once the connection is up, until it closes.
+    drive(
+        &metrics,
+        conn.with_upgrades(),
+        "upstream upgrade connection",
+    );
+    Ok(tx)
+}
+
+/// Runs a handshaken connection as its own task, counted as open in `metrics` (once the
+/// handshake succeeded) until it ends.
+fn drive<C>(metrics: &ClusterMetrics, conn: C, what: &'static str)
+where
+    C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
     let gauge = metrics.connect();
     tokio::spawn(async move {
         let _gauge = gauge;
-        if let Err(error) = conn.with_upgrades().await {
-            debug!(%error, "upstream upgrade connection ended with error");
+        if let Err(error) = conn.await {
+            debug!(%error, "{what} ended with error");
         }
     });
-    Ok(tx)
 }
 
 /// HTTP/2 (prior knowledge) on `io`: one connection multiplexes every request to the target.
@@ -720,13 +725,6 @@ async fn handshake_h2(
         .handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
-    // Counted once the connection is up, until it closes.
-    let gauge = metrics.connect();
-    tokio::spawn(async move {
-        let _gauge = gauge;
-        if let Err(error) = conn.await {
-            debug!(%error, "upstream h2 connection ended with error");
-        }
-    });
+    drive(&metrics, conn, "upstream h2 connection");
     Ok(tx)
 }

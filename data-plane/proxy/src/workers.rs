@@ -87,14 +87,6 @@ impl Workers {
             .map_or(0, |(i, _)| i)
     }
 
-    /// Open connections per worker, in worker order.
-    pub fn open_connections(&self) -> Vec<usize> {
-        self.workers
-            .iter()
-            .map(|w| w.open.load(Ordering::Relaxed))
-            .collect()
-    }
-
     /// Runs `connection` on worker `index` as a drain-tracked task, counted as open until it
     /// finishes. The future first runs on the worker, so sockets it registers (e.g.
     /// `TcpStream::from_std`) belong to that worker's reactor.

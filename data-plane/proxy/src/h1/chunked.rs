@@ -147,9 +147,10 @@ fn parse_size(line: &[u8]) -> Result<u64, H1Error> {
     u64::from_str_radix(hex, 16).map_err(|_| H1Error::Chunked("invalid chunk size"))
 }
 
-/// The framing line before a chunk of `len` bytes.
-pub fn chunk_header(len: usize) -> Vec<u8> {
-    format!("{len:X}\r\n").into_bytes()
+/// Appends the framing line before a chunk of `len` bytes (formatted in place).
+pub fn push_chunk_header(out: &mut Vec<u8>, len: usize) {
+    use std::io::Write as _;
+    let _ = write!(out, "{len:X}\r\n");
 }
 
 /// The last chunk, without trailers.
@@ -208,7 +209,9 @@ mod tests {
 
     #[test]
     fn encodes_chunk_headers() {
-        assert_eq!(chunk_header(255), b"FF\r\n");
+        let mut out = Vec::new();
+        push_chunk_header(&mut out, 255);
+        assert_eq!(out, b"FF\r\n");
         assert_eq!(LAST_CHUNK, b"0\r\n\r\n");
     }
 }

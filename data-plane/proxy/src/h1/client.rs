@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::chunked::{Decoded, Decoder};
-use super::{H1Error, Span, header_map};
+use super::{H1Error, Span, has_token, header_map, parse_length, push_content_length, push_header};
 use crate::metrics::ConnectionGauge;
 
 /// Most response headers parsed.
@@ -226,18 +226,13 @@ fn encode_head(out: &mut Vec<u8>, head: &request::Parts, body_len: usize) -> Res
         if name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let needs_length = body_len > 0
         || had_length
         || matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
     if needs_length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body_len.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_content_length(out, body_len as u64);
     }
     out.extend_from_slice(b"\r\n");
     Ok(())
@@ -344,18 +339,9 @@ fn framing_of(
     }
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value
-            .to_str()
-            .map_err(|_| H1Error::Framing("invalid Content-Length"))?
-            .split(',')
-        {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(H1Error::Framing("invalid Content-Length"));
-            }
-            let n: u64 = part
-                .parse()
-                .map_err(|_| H1Error::Framing("invalid Content-Length"))?;
+        // A list of equal values is allowed (RFC 9110 §8.6).
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = parse_length(part).ok_or(H1Error::Framing("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(H1Error::Framing("conflicting Content-Length values"));
             }
@@ -370,18 +356,16 @@ fn framing_of(
 
 /// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
 fn connection_persists(headers: &HeaderMap, version: Version) -> bool {
-    let has = |token: &str| {
+    let has = |token: &[u8]| {
         headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+            .any(|v| has_token(v.as_bytes(), token))
     };
     if version == Version::HTTP_10 {
-        has("keep-alive")
+        has(b"keep-alive")
     } else {
-        !has("close")
+        !has(b"close")
     }
 }
 

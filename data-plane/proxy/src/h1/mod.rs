@@ -38,6 +38,36 @@ pub fn reserve_read(buf: &mut bytes::BytesMut) {
     }
 }
 
+/// Appends `name: value\r\n`.
+pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `content-length: <n>\r\n` (formatted in place, no allocation).
+pub(crate) fn push_content_length(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write as _;
+    let _ = write!(out, "content-length: {n}\r\n");
+}
+
+/// One Content-Length value: ASCII digits, optionally surrounded by whitespace.
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Whether a comma-separated header value (e.g. `Connection`) lists `token`, ignoring case.
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// Where a header's name and value sit in a parsed head: `((name start, end), (value start, end))`.
 pub type Span = ((usize, usize), (usize, usize));
 

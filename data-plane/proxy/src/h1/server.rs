@@ -16,7 +16,8 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{H1Error, header_map};
+use super::chunked::push_chunk_header;
+use super::{H1Error, has_token, header_map, parse_length, push_content_length, push_header};
 use crate::drain::Drain;
 
 /// Most request headers parsed; more answer 431.
@@ -189,12 +190,7 @@ fn parse(buf: &mut BytesMut) -> Parse {
             return Parse::Handoff;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(n) = std::str::from_utf8(h.value)
-                .ok()
-                .map(str::trim)
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-            else {
+            let Some(n) = parse_length(h.value) else {
                 return Parse::Reject(StatusCode::BAD_REQUEST, "invalid Content-Length");
             };
             if body_len.is_some_and(|l| l != n) {
@@ -202,11 +198,7 @@ fn parse(buf: &mut BytesMut) -> Parse {
             }
             body_len = Some(n);
         }
-        if name.eq_ignore_ascii_case(b"connection")
-            && h.value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
+        if name.eq_ignore_ascii_case(b"connection") && has_token(h.value, b"close") {
             close = true;
         }
     }
@@ -299,9 +291,7 @@ where
     out.extend_from_slice(b"\r\n");
     encode_headers(out, &parts.headers, !bodiless);
     if let Some(n) = length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(n.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_content_length(out, n);
     }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -347,7 +337,7 @@ where
                     *l -= data.len() as u64;
                     out.extend_from_slice(&data);
                 } else {
-                    out.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+                    push_chunk_header(out, data.len());
                     out.extend_from_slice(&data);
                     out.extend_from_slice(b"\r\n");
                 }
@@ -378,9 +368,6 @@ fn encode_headers(out: &mut Vec<u8>, headers: &HeaderMap, has_body: bool) {
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
 }
