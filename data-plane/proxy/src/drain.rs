@@ -6,6 +6,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +21,9 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone, Default)]
 pub struct Drain {
     draining: CancellationToken,
+    /// Mirrors `draining` for [`Drain::is_draining`], which the request path asks once per
+    /// request: an atomic load instead of the token's lock.
+    draining_flag: Arc<AtomicBool>,
     force: CancellationToken,
     tasks: TaskTracker,
 }
@@ -66,11 +71,12 @@ impl Drain {
 
     /// Whether shutdown has started.
     pub fn is_draining(&self) -> bool {
-        self.draining.is_cancelled()
+        self.draining_flag.load(Ordering::Acquire)
     }
 
     /// Starts draining (accept loops stop, connections close once idle).
     pub fn signal(&self) {
+        self.draining_flag.store(true, Ordering::Release);
         self.draining.cancel();
     }
 

@@ -1,6 +1,6 @@
 //! Header rewriting for proxied HTTP: hop-by-hop stripping and `x-forwarded-*`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
@@ -14,8 +14,9 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// `x-forwarded-proto`
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1). A `static`: a
+/// `const` array would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -51,17 +52,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Appends the client's address to `x-forwarded-for` and sets `x-forwarded-host` (the host the
 /// client asked for) and `x-forwarded-proto` (the scheme it used to reach this proxy).
 pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>, proto: &str) {
-    use std::fmt::Write as _;
-    let mut xff = String::with_capacity(64);
+    let mut xff = Vec::with_capacity(48);
     for previous in headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
     {
-        xff.push_str(previous);
-        xff.push_str(", ");
+        xff.extend_from_slice(previous.as_bytes());
+        xff.extend_from_slice(b", ");
     }
-    let _ = write!(xff, "{}", peer.ip());
+    push_ip(&mut xff, peer.ip());
     match HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         Ok(v) => {
             headers.insert(X_FORWARDED_FOR, v);
@@ -70,7 +70,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&st
             headers.remove(&X_FORWARDED_FOR);
         }
     }
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    // Usually `host` is the request's own Host header: share its bytes instead of copying.
+    let forwarded_host = host.and_then(|h| {
+        headers
+            .get(header::HOST)
+            .filter(|v| v.as_bytes() == h.as_bytes())
+            .cloned()
+            .or_else(|| HeaderValue::from_str(h).ok())
+    });
+    match forwarded_host {
         Some(h) => headers.insert(X_FORWARDED_HOST, h),
         None => headers.remove(X_FORWARDED_HOST),
     };
@@ -83,6 +91,31 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&st
         },
     };
     headers.insert(X_FORWARDED_PROTO, proto);
+}
+
+/// Appends `ip` as text: IPv4 digit by digit (the common case, without `core::fmt`), IPv6
+/// through its `Display`.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +139,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn ip_addresses_as_text() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.99.100.9",
+            "::1",
+            "fe80::1:2",
+        ] {
+            let mut out = Vec::new();
+            push_ip(&mut out, ip.parse().unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), ip);
+        }
     }
 
     #[test]

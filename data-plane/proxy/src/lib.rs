@@ -290,17 +290,6 @@ impl BoundProxy {
             )?),
             None => None,
         };
-        // The admin thread moves histogram samples into buckets; without it, a task does.
-        let upkeep = admin.is_none().then(|| {
-            let metrics = self.metrics.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(crate::admin::UPKEEP_INTERVAL);
-                loop {
-                    tick.tick().await;
-                    metrics.run_upkeep();
-                }
-            })
-        });
         info!(
             %node_id,
             server = server.as_deref().unwrap_or("none (static config)"),
@@ -399,9 +388,6 @@ impl BoundProxy {
         }
         pruner.abort();
         workers.stop().await;
-        if let Some(upkeep) = upkeep {
-            upkeep.abort();
-        }
         if let Some(admin) = admin {
             admin.stop().await;
         }

@@ -1,11 +1,12 @@
 //! Prometheus metrics of the node proxy, served on the admin port's `/metrics`.
 //!
-//! One [`Metrics`] per proxy owns a Prometheus recorder that is never installed as the global
-//! `metrics` recorder (several proxies can share a process, as in the tests). Handles are
-//! registered through the [`Recorder`] trait when config snapshots are built — one
-//! [`ClusterMetrics`] per cluster, one [`RouteMetrics`] per route — and cached by their owner, so
-//! the request path only increments atomics and pushes histogram samples; it never looks a
-//! metric up by name.
+//! One [`Metrics`] per proxy (several proxies can share a process, as in the tests). Handles
+//! are made when config snapshots are built — one [`ClusterMetrics`] per cluster, one
+//! [`RouteMetrics`] per route, the same series for the same name across snapshots — and cached
+//! by their owner, so the request path only adds to relaxed atomics (a latency sample is two
+//! adds: its bucket and the sum); it never looks a metric up by name and never allocates.
+//! `/metrics` renders the text exposition format from those atomics on demand. A cluster's
+//! series cost about 300 bytes, a route's about 200, so 1,000 services of config stay small.
 //!
 //! Label values are bounded: cluster, service and route names come from config, statuses are
 //! collapsed into classes (`1xx`…`5xx`), circuit-breaker limits and config types are fixed sets.
@@ -31,21 +32,19 @@
 //! | `flotilla_proxy_config_last_update_timestamp_seconds` | gauge | type |
 //! | `flotilla_proxy_access_log_dropped_total` | counter | |
 //!
-//! plus the [`Stats`] counters (TLS handshakes, tunnels, L4 connections, forwarded legs), copied
-//! into the recorder when `/metrics` is rendered.
+//! plus the [`Stats`] counters (TLS handshakes, tunnels, L4 connections, forwarded legs), read
+//! when `/metrics` is rendered.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ::metrics::{
-    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
-};
 use flotilla_proto::discovery::v1::{
     AUTHORIZATION_TYPE, CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, TRUST_BUNDLE_TYPE,
 };
 use http::StatusCode;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::access_log::AccessLog;
 use crate::stats::Stats;
@@ -54,6 +53,19 @@ use crate::stats::Stats;
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Bucket bounds of [`LATENCY_BUCKETS`] in nanoseconds: a sample is bucketed by integer
+/// comparisons.
+const BOUNDS_NANOS: [u64; BUCKETS] = {
+    let mut out = [0; BUCKETS];
+    let mut i = 0;
+    while i < BUCKETS {
+        out[i] = (LATENCY_BUCKETS[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+const BUCKETS: usize = LATENCY_BUCKETS.len();
 
 /// The content type of the text exposition format served on `/metrics`.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -84,6 +96,7 @@ const OUTBOUND_DENIED: &str = "flotilla_proxy_outbound_denied_total";
 const OUTBOUND_FAILURES: &str = "flotilla_proxy_outbound_failures_total";
 const FORWARDED_LEGS: &str = "flotilla_proxy_forwarded_legs_total";
 
+/// A metric family's type, as the `# TYPE` line names it.
 #[derive(Clone, Copy)]
 enum Kind {
     Counter,
@@ -91,163 +104,144 @@ enum Kind {
     Histogram,
 }
 
-/// Every metric with its HELP text, described once when the recorder is built.
-const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// Every metric with its HELP text.
+const DESCRIPTIONS: &[(Kind, &str, &str)] = &[
     (
         Kind::Counter,
         REQUESTS,
-        None,
         "Requests answered on the ingress, by service, route and status class.",
     ),
     (
         Kind::Histogram,
         REQUEST_DURATION,
-        Some(Unit::Seconds),
         "Time from receiving a request on the ingress to its response head, by service and route.",
     ),
     (
         Kind::Counter,
         UPSTREAM_REQUESTS,
-        None,
         "Requests sent to a cluster's endpoints (each attempt), by status class.",
     ),
     (
         Kind::Histogram,
         UPSTREAM_DURATION,
-        Some(Unit::Seconds),
         "Time an upstream attempt took until its response head, by cluster.",
     ),
     (
         Kind::Counter,
         CONNECTIONS,
-        None,
         "Connections opened to a cluster's endpoints.",
     ),
     (
         Kind::Gauge,
         CONNECTIONS_ACTIVE,
-        None,
         "Connections to a cluster's endpoints open now.",
     ),
     (
         Kind::Counter,
         CONNECT_FAILURES,
-        None,
         "Connection attempts to a cluster's endpoints that failed.",
     ),
     (
         Kind::Counter,
         RETRIES,
-        None,
         "Requests retried against a cluster.",
     ),
     (
         Kind::Counter,
         EJECTIONS,
-        None,
         "Endpoints ejected from a cluster by outlier detection.",
     ),
     (
         Kind::Gauge,
         EJECTED,
-        None,
         "Endpoints of a cluster ejected by outlier detection now.",
     ),
     (
         Kind::Counter,
         RATE_LIMITED,
-        None,
         "Requests to a cluster refused by its rate limit.",
     ),
     (
         Kind::Counter,
         OVERFLOW,
-        None,
         "Requests or connections refused by a cluster's circuit breaker, by the limit reached.",
     ),
     (
         Kind::Counter,
         TIMEOUTS,
-        None,
         "Requests to a cluster that timed out.",
     ),
     (
         Kind::Counter,
         CONFIG_UPDATES,
-        None,
         "Discovery responses applied, by resource type.",
     ),
     (
         Kind::Gauge,
         CONFIG_VERSION,
-        None,
         "Version of the applied config of each type (a 32-bit hash when not a number).",
     ),
     (
         Kind::Gauge,
         CONFIG_TIMESTAMP,
-        Some(Unit::Seconds),
         "Unix time the config of each type was last applied.",
     ),
     (
         Kind::Counter,
         ACCESS_LOG_DROPPED,
-        None,
         "Access log lines dropped because the writer fell behind or failed.",
     ),
     (
         Kind::Counter,
         TLS_HANDSHAKES,
-        None,
         "Outbound mesh TLS handshakes, by result (full, resumed, failed).",
     ),
     (
         Kind::Counter,
         INBOUND_HANDSHAKE_FAILURES,
-        None,
         "Inbound mTLS handshakes that failed.",
     ),
     (
         Kind::Counter,
         INBOUND_DENIED,
-        None,
         "Inbound tunnels refused by an intention.",
     ),
     (
         Kind::Counter,
         INBOUND_TUNNELS,
-        None,
         "Inbound tunnels opened to a local workload.",
     ),
     (
         Kind::Counter,
         OUTBOUND_CONNECTIONS,
-        None,
         "Connections accepted on upstream listeners.",
     ),
     (
         Kind::Counter,
         OUTBOUND_DENIED,
-        None,
         "Upstream listener connections refused by an intention.",
     ),
     (
         Kind::Counter,
         OUTBOUND_FAILURES,
-        None,
         "Upstream listener connections that found no reachable healthy instance.",
     ),
     (
         Kind::Counter,
         FORWARDED_LEGS,
-        None,
         "L4 legs forwarded, by mode (splice, copy).",
     ),
 ];
-
-/// Metadata passed to the recorder; the Prometheus recorder ignores it.
-const METADATA: Metadata<'static> =
-    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// The status classes, indexed by [`class_index`].
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -260,14 +254,66 @@ fn class_index(status: StatusCode) -> usize {
 /// Reads one [`Stats`] counter.
 type StatsField = fn(&Stats) -> &AtomicU64;
 
-/// The proxy's metrics: a Prometheus recorder of its own, and the handles that are not per
-/// cluster or route. Shared as `Arc<Metrics>`, one per proxy.
+/// A label: name and value.
+type LabelPair = (&'static str, &'static str);
+
+/// The [`Stats`] counters, each with its family and label.
+const STATS: &[(StatsField, &str, Option<LabelPair>)] = &[
+    (|s| &s.tls_full, TLS_HANDSHAKES, Some(("result", "full"))),
+    (
+        |s| &s.tls_resumed,
+        TLS_HANDSHAKES,
+        Some(("result", "resumed")),
+    ),
+    (
+        |s| &s.tls_failed,
+        TLS_HANDSHAKES,
+        Some(("result", "failed")),
+    ),
+    (
+        |s| &s.inbound_handshake_failed,
+        INBOUND_HANDSHAKE_FAILURES,
+        None,
+    ),
+    (|s| &s.inbound_denied, INBOUND_DENIED, None),
+    (|s| &s.inbound_tunnels, INBOUND_TUNNELS, None),
+    (|s| &s.outbound_connections, OUTBOUND_CONNECTIONS, None),
+    (|s| &s.outbound_denied, OUTBOUND_DENIED, None),
+    (|s| &s.outbound_failed, OUTBOUND_FAILURES, None),
+    (
+        |s| &s.forwarded_splice,
+        FORWARDED_LEGS,
+        Some(("mode", "splice")),
+    ),
+    (
+        |s| &s.forwarded_copy,
+        FORWARDED_LEGS,
+        Some(("mode", "copy")),
+    ),
+];
+
+/// A route's series are keyed by (service, route).
+type RouteKey = (Box<str>, Box<str>);
+
+/// The series of one config type.
+#[derive(Debug, Default, Clone, Copy)]
+struct ConfigSeries {
+    updates: u64,
+    version: f64,
+    timestamp: f64,
+}
+
+/// The proxy's metrics: plain atomics per cluster and per route, and the proxy-wide series,
+/// rendered as Prometheus text on demand. Shared as `Arc<Metrics>`, one per proxy.
+///
+/// The maps are locked only when a snapshot is built (to hand out handles) and on render; the
+/// request path holds its handles and only adds to atomics.
+#[derive(Default)]
 pub struct Metrics {
-    recorder: PrometheusRecorder,
-    handle: PrometheusHandle,
-    /// [`Stats`] counters and their mirrors in the recorder, copied on render.
-    stats: Vec<(StatsField, Counter)>,
-    access_log_dropped: Counter,
+    clusters: Mutex<BTreeMap<Box<str>, Arc<ClusterInner>>>,
+    /// By (service, route).
+    routes: Mutex<BTreeMap<RouteKey, Arc<RouteInner>>>,
+    config: Mutex<BTreeMap<&'static str, ConfigSeries>>,
     /// Drop counters of the access logs attached with [`Metrics::watch_access_log`].
     access_logs: Mutex<Vec<Arc<AtomicU64>>>,
 }
@@ -278,134 +324,36 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Metrics {
-    /// A recorder with latency histograms bucketed by [`LATENCY_BUCKETS`], every metric
-    /// described, and the proxy-wide series registered (so they render as 0 from the start).
+    /// Empty metrics; the proxy-wide series render as 0 from the start.
     pub fn new() -> Arc<Metrics> {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(LATENCY_BUCKETS)
-            // Only fails for an empty list.
-            .unwrap_or_else(|_| PrometheusBuilder::new())
-            .build_recorder();
-        for &(kind, name, unit, help) in DESCRIPTIONS {
-            let (name, help) = (KeyName::from_const_str(name), SharedString::const_str(help));
-            match kind {
-                Kind::Counter => recorder.describe_counter(name, unit, help),
-                Kind::Gauge => recorder.describe_gauge(name, unit, help),
-                Kind::Histogram => recorder.describe_histogram(name, unit, help),
-            }
-        }
-        let handle = recorder.handle();
-        let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
-            let labels: Vec<Label> = labels
-                .iter()
-                .map(|&(k, v)| Label::from_static_parts(k, v))
-                .collect();
-            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
-        };
-        let stats: Vec<(StatsField, Counter)> = vec![
-            (
-                |s| &s.tls_full,
-                counter(TLS_HANDSHAKES, &[("result", "full")]),
-            ),
-            (
-                |s| &s.tls_resumed,
-                counter(TLS_HANDSHAKES, &[("result", "resumed")]),
-            ),
-            (
-                |s| &s.tls_failed,
-                counter(TLS_HANDSHAKES, &[("result", "failed")]),
-            ),
-            (
-                |s| &s.inbound_handshake_failed,
-                counter(INBOUND_HANDSHAKE_FAILURES, &[]),
-            ),
-            (|s| &s.inbound_denied, counter(INBOUND_DENIED, &[])),
-            (|s| &s.inbound_tunnels, counter(INBOUND_TUNNELS, &[])),
-            (
-                |s| &s.outbound_connections,
-                counter(OUTBOUND_CONNECTIONS, &[]),
-            ),
-            (|s| &s.outbound_denied, counter(OUTBOUND_DENIED, &[])),
-            (|s| &s.outbound_failed, counter(OUTBOUND_FAILURES, &[])),
-            (
-                |s| &s.forwarded_splice,
-                counter(FORWARDED_LEGS, &[("mode", "splice")]),
-            ),
-            (
-                |s| &s.forwarded_copy,
-                counter(FORWARDED_LEGS, &[("mode", "copy")]),
-            ),
-        ];
-        let access_log_dropped = counter(ACCESS_LOG_DROPPED, &[]);
-        Arc::new(Metrics {
-            recorder,
-            handle,
-            stats,
-            access_log_dropped,
-            access_logs: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
-        self.recorder
-            .register_counter(&Key::from_parts(name, labels), &METADATA)
-    }
-
-    fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
-        self.recorder
-            .register_gauge(&Key::from_parts(name, labels), &METADATA)
-    }
-
-    fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
-        self.recorder
-            .register_histogram(&Key::from_parts(name, labels), &METADATA)
+        Arc::new(Metrics::default())
     }
 
     /// The handles of cluster `cluster` (label `cluster`). Registers them on first use; later
     /// calls (from later snapshots) return handles to the same series. Not for the request
     /// path: build once per snapshot and keep the result.
     pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
-        let label = || vec![Label::new("cluster", cluster.to_owned())];
-        let with = |k: &'static str, v: &'static str| {
-            vec![
-                Label::new("cluster", cluster.to_owned()),
-                Label::from_static_parts(k, v),
-            ]
-        };
-        ClusterMetrics(Arc::new(ClusterInner {
-            requests: STATUS_CLASSES
-                .map(|class| self.counter(UPSTREAM_REQUESTS, with("status_class", class))),
-            duration: self.histogram(UPSTREAM_DURATION, label()),
-            connections: self.counter(CONNECTIONS, label()),
-            active: self.gauge(CONNECTIONS_ACTIVE, label()),
-            connect_failures: self.counter(CONNECT_FAILURES, label()),
-            retries: self.counter(RETRIES, label()),
-            ejections: self.counter(EJECTIONS, label()),
-            ejected: self.gauge(EJECTED, label()),
-            rate_limited: self.counter(RATE_LIMITED, label()),
-            overflow: Limit::ALL.map(|limit| self.counter(OVERFLOW, with("limit", limit.as_str()))),
-            timeouts: self.counter(TIMEOUTS, label()),
-        }))
+        let mut clusters = locked(&self.clusters);
+        if let Some(inner) = clusters.get(cluster) {
+            return ClusterMetrics(inner.clone());
+        }
+        let inner = Arc::new(ClusterInner::default());
+        clusters.insert(cluster.into(), inner.clone());
+        ClusterMetrics(inner)
     }
 
     /// The handles of route `route` of service `service` (labels `service`, `route`). Like
     /// [`Metrics::cluster`], build once per snapshot and keep the result.
     pub fn route(&self, service: &str, route: &str) -> RouteMetrics {
-        let labels = || {
-            vec![
-                Label::new("service", service.to_owned()),
-                Label::new("route", route.to_owned()),
-            ]
-        };
-        RouteMetrics(Arc::new(RouteInner {
-            requests: STATUS_CLASSES.map(|class| {
-                let mut l = labels();
-                l.push(Label::from_static_parts("status_class", class));
-                self.counter(REQUESTS, l)
-            }),
-            duration: self.histogram(REQUEST_DURATION, labels()),
-        }))
+        let mut routes = locked(&self.routes);
+        let key: RouteKey = (service.into(), route.into());
+        let inner = routes.entry(key).or_default();
+        RouteMetrics(inner.clone())
     }
 
     /// Records that config of `type_name` was applied at `version`: counts the update, sets the
@@ -415,47 +363,229 @@ impl Metrics {
     /// `type_name` is a short name (`clusters`, `routes`, `listeners`, `trust`,
     /// `authorization`) or a discovery type URL; anything else is counted as `other`.
     pub fn config_applied(&self, type_name: &str, version: &str) {
-        let labels = || vec![Label::from_static_parts("type", config_type(type_name))];
-        self.counter(CONFIG_UPDATES, labels()).increment(1);
-        self.gauge(CONFIG_VERSION, labels())
-            .set(version_value(version));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        self.gauge(CONFIG_TIMESTAMP, labels()).set(now);
+        let mut config = locked(&self.config);
+        let series = config.entry(config_type(type_name)).or_default();
+        series.updates += 1;
+        series.version = version_value(version);
+        series.timestamp = now;
     }
 
     /// Counts `log`'s dropped lines in `flotilla_proxy_access_log_dropped_total`.
     pub fn watch_access_log(&self, log: &AccessLog) {
-        self.access_logs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(log.dropped_counter());
-    }
-
-    /// Moves histogram samples recorded since the last call into their buckets. Call it every
-    /// few seconds (the admin thread does) so unscraped samples do not pile up in memory;
-    /// [`Metrics::render`] does it too.
-    pub fn run_upkeep(&self) {
-        self.handle.run_upkeep();
+        locked(&self.access_logs).push(log.dropped_counter());
     }
 
     /// Every metric, with `stats`' counters, in the Prometheus text exposition format
-    /// ([`CONTENT_TYPE`]).
+    /// ([`CONTENT_TYPE`]). Families are in a fixed order, series sorted by label values.
     pub fn render(&self, stats: &Stats) -> String {
-        for (field, counter) in &self.stats {
-            counter.absolute(field(stats).load(Ordering::Relaxed));
-        }
-        let dropped: u64 = self
-            .access_logs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let clusters: Vec<(Box<str>, Arc<ClusterInner>)> = locked(&self.clusters)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let routes: Vec<(RouteKey, Arc<RouteInner>)> = locked(&self.routes)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let config = locked(&self.config).clone();
+        let dropped: u64 = locked(&self.access_logs)
             .iter()
             .map(|d| d.load(Ordering::Relaxed))
             .sum();
-        self.access_log_dropped.absolute(dropped);
-        self.handle.render()
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let les: Vec<String> = LATENCY_BUCKETS
+            .iter()
+            .map(|b| b.to_string())
+            .chain(["+Inf".to_string()])
+            .collect();
+        let mut out = Text::default();
+        for &(kind, name, help) in DESCRIPTIONS {
+            out.family(kind, name, help);
+            match name {
+                REQUESTS => {
+                    for ((service, route), r) in &routes {
+                        for (class, n) in STATUS_CLASSES.iter().zip(&r.requests) {
+                            let labels = [
+                                ("service", &**service),
+                                ("route", &**route),
+                                ("status_class", class),
+                            ];
+                            out.sample(name, "", &labels, load(n));
+                        }
+                    }
+                }
+                REQUEST_DURATION => {
+                    for ((service, route), r) in &routes {
+                        out.histogram(
+                            name,
+                            &[("service", service), ("route", route)],
+                            &les,
+                            &r.duration,
+                        );
+                    }
+                }
+                UPSTREAM_REQUESTS => {
+                    for (cluster, c) in &clusters {
+                        for (class, n) in STATUS_CLASSES.iter().zip(&c.requests) {
+                            let labels = [("cluster", &**cluster), ("status_class", class)];
+                            out.sample(name, "", &labels, load(n));
+                        }
+                    }
+                }
+                UPSTREAM_DURATION => {
+                    for (cluster, c) in &clusters {
+                        out.histogram(name, &[("cluster", cluster)], &les, &c.duration);
+                    }
+                }
+                OVERFLOW => {
+                    for (cluster, c) in &clusters {
+                        for (limit, n) in Limit::ALL.iter().zip(&c.overflow) {
+                            let labels = [("cluster", &**cluster), ("limit", limit.as_str())];
+                            out.sample(name, "", &labels, load(n));
+                        }
+                    }
+                }
+                CONNECTIONS_ACTIVE => {
+                    for (cluster, c) in &clusters {
+                        let active = c.active.load(Ordering::Relaxed).max(0);
+                        out.sample(name, "", &[("cluster", cluster)], active);
+                    }
+                }
+                CONFIG_UPDATES | CONFIG_VERSION | CONFIG_TIMESTAMP => {
+                    for (type_name, series) in &config {
+                        let labels = [("type", *type_name)];
+                        match name {
+                            CONFIG_UPDATES => out.sample(name, "", &labels, series.updates),
+                            CONFIG_VERSION => out.sample(name, "", &labels, series.version),
+                            _ => out.sample(name, "", &labels, series.timestamp),
+                        }
+                    }
+                }
+                ACCESS_LOG_DROPPED => out.sample(name, "", &[], dropped),
+                _ if STATS.iter().any(|&(_, family, _)| family == name) => {
+                    for &(field, _, label) in STATS.iter().filter(|&&(_, f, _)| f == name) {
+                        let labels: &[(&str, &str)] = match &label {
+                            Some(l) => std::slice::from_ref(l),
+                            None => &[],
+                        };
+                        out.sample(name, "", labels, load(field(stats)));
+                    }
+                }
+                _ => {
+                    // The plain per-cluster counters and the ejected gauge.
+                    let field: fn(&ClusterInner) -> &AtomicU64 = match name {
+                        CONNECTIONS => |c| &c.connections,
+                        CONNECT_FAILURES => |c| &c.connect_failures,
+                        RETRIES => |c| &c.retries,
+                        EJECTIONS => |c| &c.ejections,
+                        EJECTED => |c| &c.ejected,
+                        RATE_LIMITED => |c| &c.rate_limited,
+                        TIMEOUTS => |c| &c.timeouts,
+                        _ => continue,
+                    };
+                    for (cluster, c) in &clusters {
+                        out.sample(name, "", &[("cluster", cluster)], load(field(c)));
+                    }
+                }
+            }
+        }
+        out.0
+    }
+}
+
+/// The exposition text being written.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, kind: Kind, name: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {}", kind.as_str());
+    }
+
+    /// `name+suffix{labels} value`.
+    fn sample(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
+        self.0.push_str(name);
+        self.0.push_str(suffix);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                self.0.push_str(k);
+                self.0.push_str("=\"");
+                escape_label(&mut self.0, v);
+                self.0.push('"');
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// `_bucket` (cumulative, `le` last; `les` are the bounds as label values, `+Inf` last),
+    /// `_sum` and `_count` series of `h`.
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        les: &[String],
+        h: &LatencyHistogram,
+    ) {
+        let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+        with_le.push(("le", ""));
+        let last = with_le.len() - 1;
+        let mut cumulative = 0;
+        for (bucket, le) in h.buckets.iter().zip(les) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            with_le[last].1 = le;
+            self.sample(name, "_bucket", &with_le, cumulative);
+        }
+        let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        self.sample(name, "_sum", labels, sum);
+        self.sample(name, "_count", labels, cumulative);
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape_label(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A latency histogram with the [`LATENCY_BUCKETS`] bounds: one counter per bucket (the last
+/// for samples above every bound) and the sum in nanoseconds. Recording is two relaxed atomic
+/// adds; the count is the buckets' total, so `+Inf` and `_count` always agree.
+#[derive(Debug, Default)]
+struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn record(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let index = BOUNDS_NANOS
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(BUCKETS);
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 }
 
@@ -519,17 +649,17 @@ impl Limit {
 #[derive(Debug, Clone)]
 pub struct RouteMetrics(Arc<RouteInner>);
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct RouteInner {
-    requests: [Counter; 5],
-    duration: Histogram,
+    requests: [AtomicU64; 5],
+    duration: LatencyHistogram,
 }
 
 impl RouteMetrics {
     /// One request answered with `status` after `elapsed`.
     pub fn record(&self, status: StatusCode, elapsed: Duration) {
-        self.0.requests[class_index(status)].increment(1);
-        self.0.duration.record(elapsed.as_secs_f64());
+        self.0.requests[class_index(status)].fetch_add(1, Ordering::Relaxed);
+        self.0.duration.record(elapsed);
     }
 }
 
@@ -537,69 +667,73 @@ impl RouteMetrics {
 #[derive(Debug, Clone)]
 pub struct ClusterMetrics(Arc<ClusterInner>);
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct ClusterInner {
-    requests: [Counter; 5],
-    duration: Histogram,
-    connections: Counter,
-    active: Gauge,
-    connect_failures: Counter,
-    retries: Counter,
-    ejections: Counter,
-    ejected: Gauge,
-    rate_limited: Counter,
-    overflow: [Counter; 4],
-    timeouts: Counter,
+    requests: [AtomicU64; 5],
+    duration: LatencyHistogram,
+    connections: AtomicU64,
+    active: AtomicI64,
+    connect_failures: AtomicU64,
+    retries: AtomicU64,
+    ejections: AtomicU64,
+    ejected: AtomicU64,
+    rate_limited: AtomicU64,
+    overflow: [AtomicU64; 4],
+    timeouts: AtomicU64,
+}
+
+fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl ClusterMetrics {
     /// One upstream attempt answered with `status` after `elapsed`.
     pub fn upstream_request(&self, status: StatusCode, elapsed: Duration) {
-        self.0.requests[class_index(status)].increment(1);
-        self.0.duration.record(elapsed.as_secs_f64());
+        inc(&self.0.requests[class_index(status)]);
+        self.0.duration.record(elapsed);
     }
 
     /// A connection to an endpoint opened: counts it, and counts it active until the returned
     /// guard is dropped (keep the guard with the connection).
     pub fn connect(&self) -> ConnectionGauge {
-        self.0.connections.increment(1);
-        self.0.active.increment(1.0);
+        inc(&self.0.connections);
+        self.0.active.fetch_add(1, Ordering::Relaxed);
         ConnectionGauge(self.0.clone())
     }
 
     /// A connection attempt to an endpoint failed.
     pub fn connect_failure(&self) {
-        self.0.connect_failures.increment(1);
+        inc(&self.0.connect_failures);
     }
 
     /// A request is being retried.
     pub fn retry(&self) {
-        self.0.retries.increment(1);
+        inc(&self.0.retries);
     }
 
     /// Outlier detection ejected an endpoint.
     pub fn ejection(&self) {
-        self.0.ejections.increment(1);
+        inc(&self.0.ejections);
     }
 
     /// `n` endpoints are ejected now.
     pub fn set_ejected(&self, n: usize) {
-        self.0.ejected.set(n as f64);
+        self.0.ejected.store(n as u64, Ordering::Relaxed);
     }
 
     /// The rate limit refused a request.
     pub fn rate_limited(&self) {
-        self.0.rate_limited.increment(1);
+        inc(&self.0.rate_limited);
     }
 
     /// The circuit breaker's `limit` refused a request or connection.
     pub fn overflow(&self, limit: Limit) {
-        self.0.overflow[limit as usize].increment(1);
+        inc(&self.0.overflow[limit as usize]);
     }
 
     /// A request timed out.
     pub fn timeout(&self) {
-        self.0.timeouts.increment(1);
+        inc(&self.0.timeouts);
     }
 }
 
@@ -610,7 +744,7 @@ pub struct ConnectionGauge(Arc<ClusterInner>);
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
-        self.0.active.decrement(1.0);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

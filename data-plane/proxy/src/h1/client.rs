@@ -11,7 +11,10 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::chunked::{Decoded, Decoder};
-use super::{H1Error, Span, has_token, header_map, parse_length, push_content_length, push_header};
+use super::{
+    FEW_HEADERS, H1Error, Spans, has_token, header_map, parse_length, push_content_length,
+    push_header,
+};
 use crate::metrics::ConnectionGauge;
 
 /// Most response headers parsed.
@@ -263,9 +266,16 @@ enum Head<I> {
 
 /// Parses a response head at the front of `buf`, consuming it when complete.
 fn parse_head<I>(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head<I>>, H1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+    let mut many;
+    let mut parsed = httparse::Response::new(&mut few);
+    let mut result = parsed.parse(buf);
+    if matches!(result, Err(httparse::Error::TooManyHeaders)) {
+        many = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        parsed = httparse::Response::new(&mut many);
+        result = parsed.parse(buf);
+    }
+    let len = match result {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(H1Error::Parse(error)),
@@ -283,21 +293,12 @@ fn parse_head<I>(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head<I
         ));
     }
     // Where each name and value sits in the head, so the values can share its bytes.
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        (start, start + s.len())
-    };
-    let mut spans: [Span; MAX_HEADERS] = [((0, 0), (0, 0)); MAX_HEADERS];
-    for (slot, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-        *slot = (span(h.name.as_bytes()), span(h.value));
-    }
-    let spans = &spans[..parsed.headers.len()];
+    let spans = Spans::of(buf, parsed.headers);
     let head = buf.split_to(len).freeze();
     if status.is_informational() {
         return Ok(Some(Head::Informational));
     }
-    let map = header_map(&head, spans).map_err(H1Error::Framing)?;
+    let map = header_map(&head, spans.as_slice()).map_err(H1Error::Framing)?;
     let (framing, mut keep_alive) = framing_of(&map, status, head_request)?;
     keep_alive &= connection_persists(&map, version);
     let mut response = Response::new(ClientBody::full(Bytes::new()));

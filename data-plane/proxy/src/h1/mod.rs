@@ -48,8 +48,24 @@ pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Appends `content-length: <n>\r\n` (formatted in place, no allocation).
 pub(crate) fn push_content_length(out: &mut Vec<u8>, n: u64) {
-    use std::io::Write as _;
-    let _ = write!(out, "content-length: {n}\r\n");
+    out.extend_from_slice(b"content-length: ");
+    push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal, without going through `core::fmt`.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// One Content-Length value: ASCII digits, optionally surrounded by whitespace.
@@ -70,6 +86,52 @@ pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
 
 /// Where a header's name and value sit in a parsed head: `((name start, end), (value start, end))`.
 pub type Span = ((usize, usize), (usize, usize));
+
+/// Header slots a head is parsed with first; a head with more headers is parsed again with
+/// room for the limit. Small arrays keep the per-request setup (initialising the slots) cheap.
+pub(crate) const FEW_HEADERS: usize = 32;
+
+/// The [`Span`]s of parsed headers: inline for up to [`FEW_HEADERS`], else on the heap.
+pub(crate) struct Spans {
+    few: [Span; FEW_HEADERS],
+    len: usize,
+    many: Vec<Span>,
+}
+
+impl Spans {
+    /// Where each of `headers`' names and values sits in `buf`, which they were parsed from.
+    pub(crate) fn of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Spans {
+        let base = buf.as_ptr() as usize;
+        let span = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            (start, start + s.len())
+        };
+        let mut spans = Spans {
+            few: [((0, 0), (0, 0)); FEW_HEADERS],
+            len: headers.len(),
+            many: Vec::new(),
+        };
+        let each = headers
+            .iter()
+            .map(|h| (span(h.name.as_bytes()), span(h.value)));
+        if headers.len() <= FEW_HEADERS {
+            for (slot, s) in spans.few.iter_mut().zip(each) {
+                *slot = s;
+            }
+        } else {
+            spans.many = each.collect();
+        }
+        spans
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Span] {
+        if self.len <= FEW_HEADERS {
+            &self.few[..self.len]
+        } else {
+            &self.many
+        }
+    }
+}
 
 /// The headers of a parsed `head`; values share its bytes.
 pub fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
@@ -107,4 +169,21 @@ pub enum H1Error {
     /// A request header value cannot be sent as HTTP/1.1.
     #[error("request cannot be encoded: {0}")]
     Encode(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_and_content_lengths() {
+        for n in [0u64, 7, 10, 99, 100, 65_536, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        let mut out = Vec::new();
+        push_content_length(&mut out, 1234);
+        assert_eq!(out, b"content-length: 1234\r\n");
+    }
 }

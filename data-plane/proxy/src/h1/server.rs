@@ -17,7 +17,10 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::chunked::push_chunk_header;
-use super::{H1Error, has_token, header_map, parse_length, push_content_length, push_header};
+use super::{
+    FEW_HEADERS, H1Error, Spans, has_token, header_map, parse_length, push_content_length,
+    push_header,
+};
 use crate::drain::Drain;
 
 /// Most request headers parsed; more answer 431.
@@ -146,9 +149,16 @@ where
 /// Parses the request head at the front of `buf`; consumes it only when it is complete and
 /// this loop serves it.
 fn parse(buf: &mut BytesMut) -> Parse {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+    let mut many;
+    let mut req = httparse::Request::new(&mut few);
+    let mut parsed = req.parse(buf);
+    if matches!(parsed, Err(httparse::Error::TooManyHeaders)) {
+        many = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        req = httparse::Request::new(&mut many);
+        parsed = req.parse(buf);
+    }
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
             // A head can arrive whole in one read: the limit holds then too.
             return Parse::Reject(
@@ -206,22 +216,16 @@ fn parse(buf: &mut BytesMut) -> Parse {
     if body_len > MAX_KEPT_BODY {
         return Parse::Handoff;
     }
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        (start, start + s.len())
-    };
-    let target = req.path.map(|p| span(p.as_bytes())).unwrap_or((0, 0));
-    let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
-    for (slot, h) in spans.iter_mut().zip(req.headers.iter()) {
-        *slot = (span(h.name.as_bytes()), span(h.value));
-    }
-    let spans = &spans[..req.headers.len()];
+    let target = req.path.map_or((0, 0), |p| {
+        let start = p.as_ptr() as usize - buf.as_ptr() as usize;
+        (start, start + p.len())
+    });
+    let spans = Spans::of(buf, req.headers);
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0..target.1)) else {
         return Parse::Reject(StatusCode::BAD_REQUEST, "invalid request target");
     };
-    let Ok(headers) = header_map(&head, spans) else {
+    let Ok(headers) = header_map(&head, spans.as_slice()) else {
         return Parse::Reject(StatusCode::BAD_REQUEST, "invalid header");
     };
     let mut request = Request::new(());

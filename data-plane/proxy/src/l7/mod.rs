@@ -252,7 +252,7 @@ pub async fn forward(
         report.endpoint = Some(endpoint.address);
         let in_flight = state.start();
         let target = endpoint.target();
-        let attempt_started = Instant::now();
+        let attempt_started = if n == 0 { now } else { Instant::now() };
         let sent = async {
             match (attempt, &head, &body) {
                 (None, Some(p), RequestBody::Kept(bytes)) => {
