@@ -6,25 +6,72 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
 use hyper_util::server::graceful::GracefulConnection;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
+
+/// Resolves once a token is cancelled. The token's own future takes two locks on every poll;
+/// this one, polled again by the task whose waker it already registered, reads one atomic flag
+/// (set before the token is cancelled) and returns.
+struct Cancelled {
+    flag: Arc<AtomicBool>,
+    wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    registered: Option<Waker>,
+}
+
+impl Cancelled {
+    fn new(token: &CancellationToken, flag: &Arc<AtomicBool>) -> Cancelled {
+        Cancelled {
+            flag: flag.clone(),
+            wait: Box::pin(token.clone().cancelled_owned()),
+            registered: None,
+        }
+    }
+}
+
+impl Future for Cancelled {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flag.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            // The token will wake this same task when it is cancelled.
+            return Poll::Pending;
+        }
+        match self.wait.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(()),
+            Poll::Pending => {
+                self.registered = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
 
 /// Shared drain state. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Drain {
     draining: CancellationToken,
-    /// Mirrors `draining` for [`Drain::is_draining`], which the request path asks once per
-    /// request: an atomic load instead of the token's lock.
+    /// Mirrors `draining` for [`Drain::is_draining`] and [`Drain::signaled`], which the
+    /// request path asks once per request: an atomic load instead of the token's lock.
     draining_flag: Arc<AtomicBool>,
     force: CancellationToken,
+    force_flag: Arc<AtomicBool>,
     tasks: TaskTracker,
 }
 
@@ -55,18 +102,20 @@ impl Drain {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let force = self.force.clone();
+        let force = Cancelled::new(&self.force, &self.force_flag);
         async move {
             tokio::select! {
+                biased;
                 () = task => {}
-                () = force.cancelled() => {}
+                () = force => {}
             }
         }
     }
 
-    /// Resolves once shutdown has started.
-    pub async fn signaled(&self) {
-        self.draining.cancelled().await;
+    /// Resolves once shutdown has started. Cheap to poll again: a connection loop keeps one
+    /// per connection and polls it once per request.
+    pub fn signaled(&self) -> impl Future<Output = ()> + Send + Unpin + 'static {
+        Cancelled::new(&self.draining, &self.draining_flag)
     }
 
     /// Whether shutdown has started.
@@ -87,6 +136,7 @@ impl Drain {
         self.tasks.close();
         let graceful = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
         if !graceful {
+            self.force_flag.store(true, Ordering::Release);
             self.force.cancel();
             self.tasks.wait().await;
         }
@@ -135,5 +185,46 @@ impl Drain {
         }
         conn.as_mut().graceful_shutdown();
         conn.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn signaled_wakes_a_waiter_that_polled_it_repeatedly() {
+        let drain = Drain::new();
+        let mut signaled = drain.signaled();
+        // Polled several times by the same task while nothing happens.
+        for _ in 0..3 {
+            let polled = futures::poll!(&mut signaled);
+            assert!(polled.is_pending());
+        }
+        assert!(!drain.is_draining());
+        let waiter = tokio::spawn(signaled);
+        tokio::task::yield_now().await;
+        drain.signal();
+        assert!(drain.is_draining());
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter was woken")
+            .unwrap();
+        // A future made after the signal is ready at once.
+        assert!(futures::poll!(drain.signaled()).is_ready());
+    }
+
+    #[tokio::test]
+    async fn force_ends_tasks_still_running_after_the_grace_period() {
+        let drain = Drain::new();
+        let (finished_tx, finished_rx) = tokio::sync::oneshot::channel::<()>();
+        drain.spawn(async move {
+            std::future::pending::<()>().await;
+            let _ = finished_tx.send(());
+        });
+        let graceful = drain.shutdown(Duration::from_millis(50)).await;
+        assert!(!graceful, "the pending task outlived the grace period");
+        // The task was dropped, not finished.
+        assert!(finished_rx.await.is_err());
     }
 }

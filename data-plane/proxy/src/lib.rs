@@ -82,6 +82,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+/// A hash map for lookups on the request path: foldhash (seeded per process) instead of
+/// SipHash. Its keys come from config (cluster, service and endpoint names and addresses).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use crate::error::{Listener, Origin, ProxyError, RequestError};
 pub use crate::snapshot::{ApplyError, ConfigHandle, Snapshot, Versions};
 

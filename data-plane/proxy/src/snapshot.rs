@@ -4,7 +4,7 @@
 //! whole request, so one request sees one consistent config. Writers (the discovery client, or a
 //! test) build a new [`Snapshot`] and swap it in; requests in flight keep the old one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -16,6 +16,7 @@ use flotilla_proto::discovery::v1::{
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::FastMap;
 use crate::balance::{Balancer, ClusterState, EndpointState, Registry};
 use crate::config::{
     self, Authorization, Cluster, ConfigError, Decision, Endpoint, Route, ServiceRoutes,
@@ -146,7 +147,7 @@ impl RouteTable {
 /// All clusters of one applied version, indexed for the request path.
 #[derive(Debug, Default)]
 struct ClusterSet {
-    by_name: HashMap<String, Arc<ClusterEntry>>,
+    by_name: FastMap<String, Arc<ClusterEntry>>,
     /// (service, address) of endpoints running on this node: the only targets the inbound
     /// listener accepts, and only for the service the caller asked for.
     local_endpoints: HashSet<(String, SocketAddr)>,
@@ -160,7 +161,7 @@ impl ClusterSet {
             .filter(|(_, e)| e.local)
             .map(|(c, e)| (c.service.clone(), e.address))
             .collect();
-        let by_name: HashMap<String, Arc<ClusterEntry>> = clusters
+        let by_name: FastMap<String, Arc<ClusterEntry>> = clusters
             .into_iter()
             .map(|c| {
                 (
@@ -229,7 +230,7 @@ pub struct Snapshot {
     /// before an any-host route; otherwise in the order the server sent them.
     routes: Arc<[Route]>,
     /// Route tables of HTTP services, by service name.
-    service_routes: Arc<HashMap<String, Arc<RouteTable>>>,
+    service_routes: Arc<FastMap<String, Arc<RouteTable>>>,
     listeners: Arc<[UpstreamListener]>,
     trust: Option<Arc<Trust>>,
     authorization: Arc<Authorization>,
@@ -432,7 +433,7 @@ impl ConfigHandle {
         tables: Vec<ServiceRoutes>,
     ) {
         let routes = sort_routes(routes);
-        let tables: Arc<HashMap<String, Arc<RouteTable>>> = Arc::new(
+        let tables: Arc<FastMap<String, Arc<RouteTable>>> = Arc::new(
             tables
                 .into_iter()
                 .map(|t| {

@@ -7,7 +7,6 @@
 //! connection that turns out closed before the request was written also gives it back, and a
 //! fresh connection is tried once.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -29,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::FastMap;
 pub use crate::config::Target;
 use crate::h1::client::Failure;
 use crate::h1::{ClientBody, ClientConn, H1Error};
@@ -244,13 +244,13 @@ fn unsent(mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>) -> Se
 
 /// Connections per target, each with the time it was pooled.
 struct Pool<T> {
-    map: Mutex<HashMap<Target, Vec<(T, Instant)>>>,
+    map: Mutex<FastMap<Target, Vec<(T, Instant)>>>,
 }
 
 impl<T> Pool<T> {
     fn new() -> Self {
         Pool {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(FastMap::default()),
         }
     }
 
@@ -313,7 +313,7 @@ pub struct Upstream {
     idle: Pool<SendRequest<UpstreamBody>>,
     /// Inline HTTP/1.1 connections ([`crate::h1`]) for requests with kept bodies.
     h1: Pool<ClientConn<Io>>,
-    h2: Mutex<HashMap<Target, http2::SendRequest<UpstreamBody>>>,
+    h2: Mutex<FastMap<Target, http2::SendRequest<UpstreamBody>>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -330,7 +330,7 @@ impl Upstream {
             tls,
             idle: Pool::new(),
             h1: Pool::new(),
-            h2: Mutex::new(HashMap::new()),
+            h2: Mutex::new(FastMap::default()),
         })
     }
 

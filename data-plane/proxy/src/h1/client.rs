@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::chunked::{Decoded, Decoder};
 use super::{
-    FEW_HEADERS, H1Error, Spans, has_token, header_map, parse_length, push_content_length,
-    push_header,
+    FEW_HEADERS, H1Error, Span, has_token, header_map, parse_length, push_content_length,
+    push_header, spans_of,
 };
 use crate::metrics::ConnectionGauge;
 
@@ -34,6 +34,8 @@ pub struct ClientConn<I> {
     buf: BytesMut,
     /// The request head being written (kept to reuse its allocation).
     out: Vec<u8>,
+    /// Where the response head's headers sit (kept to reuse its allocation).
+    spans: Vec<Span>,
     /// Whether the connection has carried a request already.
     reused: bool,
     /// Counts the connection as open in the cluster's metrics until it is dropped.
@@ -68,6 +70,7 @@ where
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            spans: Vec::new(),
             reused: false,
             _gauge: gauge,
         }
@@ -177,7 +180,7 @@ where
     async fn read_head(&mut self, head_request: bool) -> Result<Parsed<I>, H1Error> {
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&mut self.buf, head_request)? {
+                match parse_head(&mut self.buf, &mut self.spans, head_request)? {
                     Some(Head::Final(parsed)) => return Ok(parsed),
                     Some(Head::Informational) => continue,
                     None => {}
@@ -265,7 +268,11 @@ enum Head<I> {
 }
 
 /// Parses a response head at the front of `buf`, consuming it when complete.
-fn parse_head<I>(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head<I>>, H1Error> {
+fn parse_head<I>(
+    buf: &mut BytesMut,
+    spans: &mut Vec<Span>,
+    head_request: bool,
+) -> Result<Option<Head<I>>, H1Error> {
     let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
     let mut many;
     let mut parsed = httparse::Response::new(&mut few);
@@ -293,12 +300,12 @@ fn parse_head<I>(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head<I
         ));
     }
     // Where each name and value sits in the head, so the values can share its bytes.
-    let spans = Spans::of(buf, parsed.headers);
+    spans_of(buf, parsed.headers, spans);
     let head = buf.split_to(len).freeze();
     if status.is_informational() {
         return Ok(Some(Head::Informational));
     }
-    let map = header_map(&head, spans.as_slice()).map_err(H1Error::Framing)?;
+    let map = header_map(&head, spans).map_err(H1Error::Framing)?;
     let (framing, mut keep_alive) = framing_of(&map, status, head_request)?;
     keep_alive &= connection_persists(&map, version);
     let mut response = Response::new(ClientBody::full(Bytes::new()));

@@ -91,51 +91,26 @@ pub type Span = ((usize, usize), (usize, usize));
 /// room for the limit. Small arrays keep the per-request setup (initialising the slots) cheap.
 pub(crate) const FEW_HEADERS: usize = 32;
 
-/// The [`Span`]s of parsed headers: inline for up to [`FEW_HEADERS`], else on the heap.
-pub(crate) struct Spans {
-    few: [Span; FEW_HEADERS],
-    len: usize,
-    many: Vec<Span>,
-}
-
-impl Spans {
-    /// Where each of `headers`' names and values sits in `buf`, which they were parsed from.
-    pub(crate) fn of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Spans {
-        let base = buf.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            (start, start + s.len())
-        };
-        let mut spans = Spans {
-            few: [((0, 0), (0, 0)); FEW_HEADERS],
-            len: headers.len(),
-            many: Vec::new(),
-        };
-        let each = headers
+/// Sets `out` to where each of `headers`' names and values sits in `buf`, which they were
+/// parsed from. `out` is the connection's, reused from request to request.
+pub(crate) fn spans_of(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut Vec<Span>) {
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start, start + s.len())
+    };
+    out.clear();
+    out.extend(
+        headers
             .iter()
-            .map(|h| (span(h.name.as_bytes()), span(h.value)));
-        if headers.len() <= FEW_HEADERS {
-            for (slot, s) in spans.few.iter_mut().zip(each) {
-                *slot = s;
-            }
-        } else {
-            spans.many = each.collect();
-        }
-        spans
-    }
-
-    pub(crate) fn as_slice(&self) -> &[Span] {
-        if self.len <= FEW_HEADERS {
-            &self.few[..self.len]
-        } else {
-            &self.many
-        }
-    }
+            .map(|h| (span(h.name.as_bytes()), span(h.value))),
+    );
 }
 
 /// The headers of a parsed `head`; values share its bytes.
 pub fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, &'static str> {
-    let mut map = HeaderMap::with_capacity(spans.len());
+    // Room for the few headers the proxy adds (`x-forwarded-*`, `host`) without regrowing.
+    let mut map = HeaderMap::with_capacity(spans.len() + 4);
     for &((ns, ne), (vs, ve)) in spans {
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "invalid header name")?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))

@@ -18,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::chunked::push_chunk_header;
 use super::{
-    FEW_HEADERS, H1Error, Spans, has_token, header_map, parse_length, push_content_length,
-    push_header,
+    FEW_HEADERS, H1Error, Span, has_token, header_map, parse_length, push_content_length,
+    push_header, spans_of,
 };
 use crate::drain::Drain;
 
@@ -76,6 +76,7 @@ where
     B::Error: std::fmt::Display,
 {
     let mut out = Vec::with_capacity(1024);
+    let mut spans = Vec::new();
     let mut first = true;
     // Made once per connection: polling it again is cheaper than a new one per request.
     let signaled = drain.signaled();
@@ -93,7 +94,7 @@ where
                 }
             }
             if !first && !buf.is_empty() {
-                match parse(buf) {
+                match parse(buf, &mut spans) {
                     Parse::Complete(head) => break head,
                     Parse::Partial => {}
                     Parse::Handoff => return Ok(Outcome::Handoff),
@@ -148,7 +149,7 @@ where
 
 /// Parses the request head at the front of `buf`; consumes it only when it is complete and
 /// this loop serves it.
-fn parse(buf: &mut BytesMut) -> Parse {
+fn parse(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parse {
     let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
     let mut many;
     let mut req = httparse::Request::new(&mut few);
@@ -220,12 +221,12 @@ fn parse(buf: &mut BytesMut) -> Parse {
         let start = p.as_ptr() as usize - buf.as_ptr() as usize;
         (start, start + p.len())
     });
-    let spans = Spans::of(buf, req.headers);
+    spans_of(buf, req.headers, spans);
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0..target.1)) else {
         return Parse::Reject(StatusCode::BAD_REQUEST, "invalid request target");
     };
-    let Ok(headers) = header_map(&head, spans.as_slice()) else {
+    let Ok(headers) = header_map(&head, spans) else {
         return Parse::Reject(StatusCode::BAD_REQUEST, "invalid header");
     };
     let mut request = Request::new(());
