@@ -114,133 +114,187 @@ impl Kind {
     }
 }
 
-/// Every metric with its HELP text.
-const DESCRIPTIONS: &[(Kind, &str, &str)] = &[
-    (
-        Kind::Counter,
-        REQUESTS,
-        "Requests answered on the ingress, by service, route and status class.",
-    ),
-    (
-        Kind::Histogram,
-        REQUEST_DURATION,
-        "Time from receiving a request on the ingress to its response head, by service and route.",
-    ),
-    (
-        Kind::Counter,
-        UPSTREAM_REQUESTS,
-        "Requests sent to a cluster's endpoints (each attempt), by status class.",
-    ),
-    (
-        Kind::Histogram,
-        UPSTREAM_DURATION,
-        "Time an upstream attempt took until its response head, by cluster.",
-    ),
-    (
-        Kind::Counter,
-        CONNECTIONS,
-        "Connections opened to a cluster's endpoints.",
-    ),
-    (
-        Kind::Gauge,
-        CONNECTIONS_ACTIVE,
-        "Connections to a cluster's endpoints open now.",
-    ),
-    (
-        Kind::Counter,
-        CONNECT_FAILURES,
-        "Connection attempts to a cluster's endpoints that failed.",
-    ),
-    (
-        Kind::Counter,
-        RETRIES,
-        "Requests retried against a cluster.",
-    ),
-    (
-        Kind::Counter,
-        EJECTIONS,
-        "Endpoints ejected from a cluster by outlier detection.",
-    ),
-    (
-        Kind::Gauge,
-        EJECTED,
-        "Endpoints of a cluster ejected by outlier detection now.",
-    ),
-    (
-        Kind::Counter,
-        RATE_LIMITED,
-        "Requests to a cluster refused by its rate limit.",
-    ),
-    (
-        Kind::Counter,
-        OVERFLOW,
-        "Requests or connections refused by a cluster's circuit breaker, by the limit reached.",
-    ),
-    (
-        Kind::Counter,
-        TIMEOUTS,
-        "Requests to a cluster that timed out.",
-    ),
-    (
-        Kind::Counter,
-        CONFIG_UPDATES,
-        "Discovery responses applied, by resource type.",
-    ),
-    (
-        Kind::Gauge,
-        CONFIG_VERSION,
-        "Version of the applied config of each type (a 32-bit hash when not a number).",
-    ),
-    (
-        Kind::Gauge,
-        CONFIG_TIMESTAMP,
-        "Unix time the config of each type was last applied.",
-    ),
-    (
-        Kind::Counter,
-        ACCESS_LOG_DROPPED,
-        "Access log lines dropped because the writer fell behind or failed.",
-    ),
-    (
-        Kind::Counter,
-        TLS_HANDSHAKES,
-        "Outbound mesh TLS handshakes, by result (full, resumed, failed).",
-    ),
-    (
-        Kind::Counter,
-        INBOUND_HANDSHAKE_FAILURES,
-        "Inbound mTLS handshakes that failed.",
-    ),
-    (
-        Kind::Counter,
-        INBOUND_DENIED,
-        "Inbound tunnels refused by an intention.",
-    ),
-    (
-        Kind::Counter,
-        INBOUND_TUNNELS,
-        "Inbound tunnels opened to a local workload.",
-    ),
-    (
-        Kind::Counter,
-        OUTBOUND_CONNECTIONS,
-        "Connections accepted on upstream listeners.",
-    ),
-    (
-        Kind::Counter,
-        OUTBOUND_DENIED,
-        "Upstream listener connections refused by an intention.",
-    ),
-    (
-        Kind::Counter,
-        OUTBOUND_FAILURES,
-        "Upstream listener connections that found no reachable healthy instance.",
-    ),
-    (
-        Kind::Counter,
-        FORWARDED_LEGS,
-        "L4 legs forwarded, by mode (splice, copy).",
-    ),
+/// One metric family.
+struct Family {
+    kind: Kind,
+    name: &'static str,
+    help: &'static str,
+    source: Source,
+}
+
+/// Where a family's series come from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// Per route, one series per status class.
+    RouteRequests,
+    RouteDuration,
+    /// Per cluster, one series per status class.
+    ClusterRequests,
+    ClusterDuration,
+    /// Per cluster, one series per circuit-breaker limit.
+    ClusterOverflow,
+    ClusterActive,
+    /// One series per cluster from this counter or gauge.
+    Cluster(fn(&ClusterInner) -> &AtomicU64),
+    /// One series per config type.
+    Config(fn(&ConfigSeries) -> f64),
+    AccessLogDropped,
+    /// The [`STATS`] counters of this family.
+    Stats,
+}
+
+/// Every metric family: its type, HELP text and where its series come from, in render order.
+const FAMILIES: &[Family] = &[
+    Family {
+        kind: Kind::Counter,
+        name: REQUESTS,
+        help: "Requests answered on the ingress, by service, route and status class.",
+        source: Source::RouteRequests,
+    },
+    Family {
+        kind: Kind::Histogram,
+        name: REQUEST_DURATION,
+        help: "Time from receiving a request on the ingress to its response head, by service and route.",
+        source: Source::RouteDuration,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: UPSTREAM_REQUESTS,
+        help: "Requests sent to a cluster's endpoints (each attempt), by status class.",
+        source: Source::ClusterRequests,
+    },
+    Family {
+        kind: Kind::Histogram,
+        name: UPSTREAM_DURATION,
+        help: "Time an upstream attempt took until its response head, by cluster.",
+        source: Source::ClusterDuration,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: CONNECTIONS,
+        help: "Connections opened to a cluster's endpoints.",
+        source: Source::Cluster(|c| &c.connections),
+    },
+    Family {
+        kind: Kind::Gauge,
+        name: CONNECTIONS_ACTIVE,
+        help: "Connections to a cluster's endpoints open now.",
+        source: Source::ClusterActive,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: CONNECT_FAILURES,
+        help: "Connection attempts to a cluster's endpoints that failed.",
+        source: Source::Cluster(|c| &c.connect_failures),
+    },
+    Family {
+        kind: Kind::Counter,
+        name: RETRIES,
+        help: "Requests retried against a cluster.",
+        source: Source::Cluster(|c| &c.retries),
+    },
+    Family {
+        kind: Kind::Counter,
+        name: EJECTIONS,
+        help: "Endpoints ejected from a cluster by outlier detection.",
+        source: Source::Cluster(|c| &c.ejections),
+    },
+    Family {
+        kind: Kind::Gauge,
+        name: EJECTED,
+        help: "Endpoints of a cluster ejected by outlier detection now.",
+        source: Source::Cluster(|c| &c.ejected),
+    },
+    Family {
+        kind: Kind::Counter,
+        name: RATE_LIMITED,
+        help: "Requests to a cluster refused by its rate limit.",
+        source: Source::Cluster(|c| &c.rate_limited),
+    },
+    Family {
+        kind: Kind::Counter,
+        name: OVERFLOW,
+        help: "Requests or connections refused by a cluster's circuit breaker, by the limit reached.",
+        source: Source::ClusterOverflow,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: TIMEOUTS,
+        help: "Requests to a cluster that timed out.",
+        source: Source::Cluster(|c| &c.timeouts),
+    },
+    Family {
+        kind: Kind::Counter,
+        name: CONFIG_UPDATES,
+        help: "Discovery responses applied, by resource type.",
+        source: Source::Config(|s| s.updates as f64),
+    },
+    Family {
+        kind: Kind::Gauge,
+        name: CONFIG_VERSION,
+        help: "Version of the applied config of each type (a 32-bit hash when not a number).",
+        source: Source::Config(|s| s.version),
+    },
+    Family {
+        kind: Kind::Gauge,
+        name: CONFIG_TIMESTAMP,
+        help: "Unix time the config of each type was last applied.",
+        source: Source::Config(|s| s.timestamp),
+    },
+    Family {
+        kind: Kind::Counter,
+        name: ACCESS_LOG_DROPPED,
+        help: "Access log lines dropped because the writer fell behind or failed.",
+        source: Source::AccessLogDropped,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: TLS_HANDSHAKES,
+        help: "Outbound mesh TLS handshakes, by result (full, resumed, failed).",
+        source: Source::Stats,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: INBOUND_HANDSHAKE_FAILURES,
+        help: "Inbound mTLS handshakes that failed.",
+        source: Source::Stats,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: INBOUND_DENIED,
+        help: "Inbound tunnels refused by an intention.",
+        source: Source::Stats,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: INBOUND_TUNNELS,
+        help: "Inbound tunnels opened to a local workload.",
+        source: Source::Stats,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: OUTBOUND_CONNECTIONS,
+        help: "Connections accepted on upstream listeners.",
+        source: Source::Stats,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: OUTBOUND_DENIED,
+        help: "Upstream listener connections refused by an intention.",
+        source: Source::Stats,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: OUTBOUND_FAILURES,
+        help: "Upstream listener connections that found no reachable healthy instance.",
+        source: Source::Stats,
+    },
+    Family {
+        kind: Kind::Counter,
+        name: FORWARDED_LEGS,
+        help: "L4 legs forwarded, by mode (splice, copy).",
+        source: Source::Stats,
+    },
 ];
 
 /// The status classes, indexed by [`class_index`].
@@ -402,10 +456,11 @@ impl Metrics {
             .chain(["+Inf".to_string()])
             .collect();
         let mut out = Text::default();
-        for &(kind, name, help) in DESCRIPTIONS {
-            out.family(kind, name, help);
-            match name {
-                REQUESTS => {
+        for family in FAMILIES {
+            let name = family.name;
+            out.family(family.kind, name, family.help);
+            match family.source {
+                Source::RouteRequests => {
                     for ((service, route), r) in &routes {
                         for (class, n) in STATUS_CLASSES.iter().zip(&r.requests) {
                             let labels = [
@@ -417,17 +472,13 @@ impl Metrics {
                         }
                     }
                 }
-                REQUEST_DURATION => {
+                Source::RouteDuration => {
                     for ((service, route), r) in &routes {
-                        out.histogram(
-                            name,
-                            &[("service", service), ("route", route)],
-                            &les,
-                            &r.duration,
-                        );
+                        let labels = [("service", &**service), ("route", &**route)];
+                        out.histogram(name, &labels, &les, &r.duration);
                     }
                 }
-                UPSTREAM_REQUESTS => {
+                Source::ClusterRequests => {
                     for (cluster, c) in &clusters {
                         for (class, n) in STATUS_CLASSES.iter().zip(&c.requests) {
                             let labels = [("cluster", &**cluster), ("status_class", class)];
@@ -435,12 +486,12 @@ impl Metrics {
                         }
                     }
                 }
-                UPSTREAM_DURATION => {
+                Source::ClusterDuration => {
                     for (cluster, c) in &clusters {
                         out.histogram(name, &[("cluster", cluster)], &les, &c.duration);
                     }
                 }
-                OVERFLOW => {
+                Source::ClusterOverflow => {
                     for (cluster, c) in &clusters {
                         for (limit, n) in Limit::ALL.iter().zip(&c.overflow) {
                             let labels = [("cluster", &**cluster), ("limit", limit.as_str())];
@@ -448,46 +499,30 @@ impl Metrics {
                         }
                     }
                 }
-                CONNECTIONS_ACTIVE => {
+                Source::ClusterActive => {
                     for (cluster, c) in &clusters {
                         let active = c.active.load(Ordering::Relaxed).max(0);
                         out.sample(name, "", &[("cluster", cluster)], active);
                     }
                 }
-                CONFIG_UPDATES | CONFIG_VERSION | CONFIG_TIMESTAMP => {
-                    for (type_name, series) in &config {
-                        let labels = [("type", *type_name)];
-                        match name {
-                            CONFIG_UPDATES => out.sample(name, "", &labels, series.updates),
-                            CONFIG_VERSION => out.sample(name, "", &labels, series.version),
-                            _ => out.sample(name, "", &labels, series.timestamp),
-                        }
+                Source::Cluster(field) => {
+                    for (cluster, c) in &clusters {
+                        out.sample(name, "", &[("cluster", cluster)], load(field(c)));
                     }
                 }
-                ACCESS_LOG_DROPPED => out.sample(name, "", &[], dropped),
-                _ if STATS.iter().any(|&(_, family, _)| family == name) => {
+                Source::Config(field) => {
+                    for (type_name, series) in &config {
+                        out.sample(name, "", &[("type", *type_name)], field(series));
+                    }
+                }
+                Source::AccessLogDropped => out.sample(name, "", &[], dropped),
+                Source::Stats => {
                     for &(field, _, label) in STATS.iter().filter(|&&(_, f, _)| f == name) {
                         let labels: &[(&str, &str)] = match &label {
                             Some(l) => std::slice::from_ref(l),
                             None => &[],
                         };
                         out.sample(name, "", labels, load(field(stats)));
-                    }
-                }
-                _ => {
-                    // The plain per-cluster counters and the ejected gauge.
-                    let field: fn(&ClusterInner) -> &AtomicU64 = match name {
-                        CONNECTIONS => |c| &c.connections,
-                        CONNECT_FAILURES => |c| &c.connect_failures,
-                        RETRIES => |c| &c.retries,
-                        EJECTIONS => |c| &c.ejections,
-                        EJECTED => |c| &c.ejected,
-                        RATE_LIMITED => |c| &c.rate_limited,
-                        TIMEOUTS => |c| &c.timeouts,
-                        _ => continue,
-                    };
-                    for (cluster, c) in &clusters {
-                        out.sample(name, "", &[("cluster", cluster)], load(field(c)));
                     }
                 }
             }
@@ -754,6 +789,24 @@ mod tests {
 
     fn lines_of<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
         text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[test]
+    fn every_stats_counter_has_its_family() {
+        for &(_, family, _) in STATS {
+            assert!(
+                FAMILIES
+                    .iter()
+                    .any(|f| f.name == family && matches!(f.source, Source::Stats)),
+                "{family}"
+            );
+        }
+        for f in FAMILIES
+            .iter()
+            .filter(|f| matches!(f.source, Source::Stats))
+        {
+            assert!(STATS.iter().any(|s| s.1 == f.name), "{}", f.name);
+        }
     }
 
     #[test]

@@ -267,9 +267,10 @@ impl<T> Pool<T> {
         let mut map = self.map.lock().ok()?;
         let conns = map.get_mut(target)?;
         let mut found = None;
+        let now = Instant::now();
         for i in (0..conns.len()).rev() {
             let (conn, since) = &mut conns[i];
-            if since.elapsed() >= timeout || !alive(conn) {
+            if now.duration_since(*since) >= timeout || !alive(conn) {
                 conns.swap_remove(i);
             } else if ready(conn) {
                 found = Some(conns.swap_remove(i).0);
@@ -296,8 +297,9 @@ impl<T> Pool<T> {
     /// Drops every connection that is not `alive` or older than `timeout`.
     fn prune(&self, timeout: Duration, mut alive: impl FnMut(&mut T) -> bool) {
         if let Ok(mut map) = self.map.lock() {
+            let now = Instant::now();
             map.retain(|_, conns| {
-                conns.retain_mut(|(c, since)| since.elapsed() < timeout && alive(c));
+                conns.retain_mut(|(c, since)| now.duration_since(*since) < timeout && alive(c));
                 !conns.is_empty()
             });
         }
