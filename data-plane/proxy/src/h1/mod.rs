@@ -19,6 +19,7 @@ pub mod chunked;
 pub mod client;
 pub mod io;
 pub mod server;
+pub mod turn;
 
 pub use client::{ClientBody, ClientConn, Recycle};
 

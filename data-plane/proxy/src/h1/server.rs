@@ -306,6 +306,7 @@ where
     }
     out.extend_from_slice(b"\r\n");
     if bodiless {
+        super::turn::end_of_turn().await;
         io.write_all(out).await?;
         return Ok(true);
     }
@@ -357,6 +358,8 @@ where
         out.extend_from_slice(super::chunked::LAST_CHUNK);
     }
     if !out.is_empty() {
+        // The last (usually the only) write of the response: after the other ready tasks.
+        super::turn::end_of_turn().await;
         io.write_all(out).await?;
         out.clear();
     }
