@@ -95,17 +95,18 @@ pub(crate) const FEW_HEADERS: usize = 32;
 /// Sets `out` to where each of `headers`' names and values sits in `buf`, which they were
 /// parsed from. `out` is the connection's, reused from request to request.
 pub(crate) fn spans_of(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut Vec<Span>) {
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        (start, start + s.len())
-    };
     out.clear();
     out.extend(
         headers
             .iter()
-            .map(|h| (span(h.name.as_bytes()), span(h.value))),
+            .map(|h| (span_in(buf, h.name.as_bytes()), span_in(buf, h.value))),
     );
+}
+
+/// Where `part`, a slice httparse returned from `buf`, sits in `buf`: `(start, end)`.
+pub(crate) fn span_in(buf: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    (start, start + part.len())
 }
 
 /// The headers of a parsed `head`; values share its bytes.

@@ -217,10 +217,9 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parse {
     if body_len > MAX_KEPT_BODY {
         return Parse::Handoff;
     }
-    let target = req.path.map_or((0, 0), |p| {
-        let start = p.as_ptr() as usize - buf.as_ptr() as usize;
-        (start, start + p.len())
-    });
+    let target = req
+        .path
+        .map_or((0, 0), |p| super::span_in(buf, p.as_bytes()));
     spans_of(buf, req.headers, spans);
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0..target.1)) else {
