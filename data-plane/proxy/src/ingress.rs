@@ -74,7 +74,26 @@ impl Ingress {
         let raw_host = raw_host.as_ref().and_then(|h| h.to_str().ok());
         let host = normalize_host(raw_host.unwrap_or(""));
         let mut report = l7::Report::default();
-        let result = self.proxy(req, peer, raw_host, &host, &mut report).await;
+        // Routed and forwarded here rather than in a helper `async fn`: every level of async
+        // nesting is one more move of the (large) request future per request.
+        let snapshot = self.config.load();
+        let result = match router::resolve(&snapshot, &host, req.uri().path()) {
+            None => Err(RequestError::NoRoute {
+                host: host.to_string(),
+                path: req.uri().path().to_owned(),
+            }),
+            Some(service) => {
+                let forward = l7::Forward {
+                    service,
+                    source: INGRESS_SERVICE,
+                    peer,
+                    raw_host,
+                    scheme: "http",
+                    detailed: self.access_log.is_some(),
+                };
+                l7::forward(&snapshot, &self.upstream, forward, req, &mut report).await
+            }
+        };
         let (resp, flags) = match result {
             Ok(resp) => {
                 let flags = if report.retries_exhausted {
@@ -114,38 +133,6 @@ impl Ingress {
             log.log(entry);
         }
         resp
-    }
-
-    async fn proxy(
-        &self,
-        req: Request<DownstreamBody>,
-        peer: SocketAddr,
-        raw_host: Option<&str>,
-        host: &str,
-        report: &mut l7::Report,
-    ) -> Result<Response<ResponseBody>, RequestError> {
-        let snapshot = self.config.load();
-        let Some(service) = router::resolve(&snapshot, host, req.uri().path()) else {
-            return Err(RequestError::NoRoute {
-                host: host.to_owned(),
-                path: req.uri().path().to_owned(),
-            });
-        };
-        l7::forward(
-            &snapshot,
-            &self.upstream,
-            l7::Forward {
-                service,
-                source: INGRESS_SERVICE,
-                peer,
-                raw_host,
-                scheme: "http",
-                detailed: self.access_log.is_some(),
-            },
-            req,
-            report,
-        )
-        .await
     }
 }
 
@@ -233,9 +220,13 @@ async fn serve_with_hyper<I>(io: I, peer: SocketAddr, ingress: Arc<Ingress>, dra
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Each h2 stream is a task of its own, and tokio moves a task's future several times
+    // while spawning and finishing it: boxed, the request's (large) future is not moved.
     let svc = service_fn(move |req: Request<Incoming>| {
         let ingress = ingress.clone();
-        async move { Ok::<_, Infallible>(ingress.handle(req.map(DownstreamBody::Hyper), peer).await) }
+        Box::pin(async move {
+            Ok::<_, Infallible>(ingress.handle(req.map(DownstreamBody::Hyper), peer).await)
+        })
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

@@ -350,11 +350,12 @@ impl Upstream {
             let (conn, fresh) = match self.take_h1(target) {
                 Some(conn) => (conn, false),
                 None => {
-                    let connected = self
-                        .connect_with(target, |io| async {
-                            Ok(ClientConn::new(io, Some(metrics.connect())))
-                        })
-                        .await;
+                    // Boxed: connecting (TLS, the mesh tunnel) is rare on a warm pool, and its
+                    // future would otherwise size every request's future.
+                    let connected = Box::pin(self.connect_with(target, |io| async {
+                        Ok(ClientConn::new(io, Some(metrics.connect())))
+                    }))
+                    .await;
                     match connected {
                         Ok(conn) => (conn, true),
                         Err(error) => {

@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::Either;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
@@ -253,30 +255,40 @@ pub async fn forward(
         let in_flight = state.start();
         let target = endpoint.target();
         let attempt_started = if n == 0 { now } else { Instant::now() };
-        let sent = async {
-            match (attempt, &head, &body) {
-                (None, Some(p), RequestBody::Kept(bytes)) => {
-                    upstream.send_kept(&target, p, bytes, cm).await
+        // The attempt's future lives only inside this block, so the generator does not keep
+        // a moved-from copy of it next to the one being awaited. The paths other than the
+        // inline HTTP/1.1 client are boxed: their (large) hyper futures would otherwise size
+        // every request's future.
+        let result = {
+            let sent = async {
+                match (attempt, &head, &body) {
+                    (None, Some(p), RequestBody::Kept(bytes)) => {
+                        upstream.send_kept(&target, p, bytes, cm).await
+                    }
+                    (Some(attempt), _, _) if upgrade => {
+                        Box::pin(upstream.send_upgrade(target.clone(), attempt, cm))
+                            .await
+                            .map(from_hyper)
+                    }
+                    (Some(attempt), _, _) if h2 => {
+                        Box::pin(upstream.send_h2(target.clone(), attempt, cm))
+                            .await
+                            .map(from_hyper)
+                    }
+                    (Some(attempt), _, _) => Box::pin(upstream.send(target.clone(), attempt, cm))
+                        .await
+                        .map(from_hyper),
+                    (None, _, _) => unreachable!("only kept requests are lent"),
                 }
-                (Some(attempt), _, _) if upgrade => upstream
-                    .send_upgrade(target.clone(), attempt, cm)
-                    .await
-                    .map(from_hyper),
-                (Some(attempt), _, _) if h2 => upstream
-                    .send_h2(target.clone(), attempt, cm)
-                    .await
-                    .map(from_hyper),
-                (Some(attempt), _, _) => upstream
-                    .send(target.clone(), attempt, cm)
-                    .await
-                    .map(from_hyper),
-                (None, _, _) => unreachable!("only kept requests are lent"),
+            };
+            match timeout {
+                None => Either::Left(sent.map(Ok)),
+                Some(t) => {
+                    Either::Right(tokio::time::timeout(t, sent).map(move |r| r.map_err(|_| t)))
+                }
             }
-        };
-        let result = match timeout {
-            None => Ok(sent.await),
-            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| t),
-        };
+        }
+        .await;
         let more = n + 1 < attempts;
         match result {
             Ok(Ok(resp)) => {
