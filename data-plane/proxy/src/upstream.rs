@@ -350,12 +350,11 @@ impl Upstream {
             let (conn, fresh) = match self.take_h1(target) {
                 Some(conn) => (conn, false),
                 None => {
-                    // Boxed: connecting (TLS, the mesh tunnel) is rare on a warm pool, and its
-                    // future would otherwise size every request's future.
-                    let connected = Box::pin(self.connect_with(target, |io| async {
-                        Ok(ClientConn::new(io, Some(metrics.connect())))
-                    }))
-                    .await;
+                    let connected = self
+                        .connect_with(target, |io| async {
+                            Ok(ClientConn::new(io, Some(metrics.connect())))
+                        })
+                        .await;
                     match connected {
                         Ok(conn) => (conn, true),
                         Err(error) => {
@@ -562,9 +561,11 @@ impl Upstream {
         Fut: Future<Output = Result<T, ConnectError>>,
     {
         let timeout = self.cfg.connect_timeout;
-        tokio::time::timeout(timeout, async {
+        // Boxed: connecting (TCP, TLS, the mesh tunnel, a handshake) is rare on a warm pool,
+        // and its large future would otherwise be part of every request's future.
+        Box::pin(tokio::time::timeout(timeout, async {
             handshake(connect_io(&self.tls, target).await?).await
-        })
+        }))
         .await
         .unwrap_or(Err(ConnectError::Timeout(timeout)))
     }

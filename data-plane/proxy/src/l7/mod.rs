@@ -256,26 +256,23 @@ pub async fn forward(
         let target = endpoint.target();
         let attempt_started = if n == 0 { now } else { Instant::now() };
         // The attempt's future lives only inside this block, so the generator does not keep
-        // a moved-from copy of it next to the one being awaited. The paths other than the
-        // inline HTTP/1.1 client are boxed: their (large) hyper futures would otherwise size
-        // every request's future.
+        // a moved-from copy of it next to the one being awaited.
         let result = {
             let sent = async {
                 match (attempt, &head, &body) {
                     (None, Some(p), RequestBody::Kept(bytes)) => {
                         upstream.send_kept(&target, p, bytes, cm).await
                     }
-                    (Some(attempt), _, _) if upgrade => {
-                        Box::pin(upstream.send_upgrade(target.clone(), attempt, cm))
-                            .await
-                            .map(from_hyper)
-                    }
-                    (Some(attempt), _, _) if h2 => {
-                        Box::pin(upstream.send_h2(target.clone(), attempt, cm))
-                            .await
-                            .map(from_hyper)
-                    }
-                    (Some(attempt), _, _) => Box::pin(upstream.send(target.clone(), attempt, cm))
+                    (Some(attempt), _, _) if upgrade => upstream
+                        .send_upgrade(target.clone(), attempt, cm)
+                        .await
+                        .map(from_hyper),
+                    (Some(attempt), _, _) if h2 => upstream
+                        .send_h2(target.clone(), attempt, cm)
+                        .await
+                        .map(from_hyper),
+                    (Some(attempt), _, _) => upstream
+                        .send(target.clone(), attempt, cm)
                         .await
                         .map(from_hyper),
                     (None, _, _) => unreachable!("only kept requests are lent"),
