@@ -3,7 +3,8 @@
 //! one port, answering every `GET` with the same 200 and [`BODY`]. It is none of the
 //! contenders, and it runs as a child process so its CPU is not the proxy's or the client's.
 //! `GET` [`ACCEPTED_PATH`] answers how many connections it has accepted, so the bench sees
-//! whether a proxy reuses its upstream connections.
+//! whether a proxy reuses its upstream connections; `GET` [`HEADERS_PATH`] answers the names of
+//! the request's headers, so the bench sees that every proxy forwards the same ones.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -30,6 +31,12 @@ pub const BODY: &str = "flotilla-bench-proxy upstream: the same answer, of exact
 /// Answers the number of connections accepted so far (this one included).
 pub const ACCEPTED_PATH: &str = "/__bench/accepted";
 
+/// Answers the request's header names, lowercase, sorted, comma-separated.
+pub const HEADERS_PATH: &str = "/__bench/headers";
+
+/// The header names every proxy must forward to the upstream (the same work for each).
+pub const FORWARDED_HEADERS: &str = "host,x-forwarded-for,x-forwarded-host,x-forwarded-proto";
+
 static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 
 /// Flags of the hidden `upstream` subcommand.
@@ -44,6 +51,11 @@ fn answer(req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = if req.method() == Method::GET && req.uri().path() == ACCEPTED_PATH {
         let n = ACCEPTED.load(Ordering::Relaxed);
         (StatusCode::OK, Bytes::from(n.to_string()))
+    } else if req.method() == Method::GET && req.uri().path() == HEADERS_PATH {
+        let mut names: Vec<&str> = req.headers().keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        (StatusCode::OK, Bytes::from(names.join(",")))
     } else if req.method() == Method::GET {
         (StatusCode::OK, Bytes::from_static(BODY.as_bytes()))
     } else {
@@ -112,6 +124,28 @@ pub fn start(dir: &Path) -> anyhow::Result<(Proc, SocketAddr)> {
         )
     })?;
     Ok((proc, addr))
+}
+
+/// Checks that a request with only `Host` (and `Connection: close`) reaches the upstream
+/// through `proxy` with exactly [`FORWARDED_HEADERS`] (`connection` aside: a proxy may pass it
+/// on for this probe), so every proxy does the same header work.
+pub fn check_forwarded_headers(name: &str, proxy: SocketAddr) -> anyhow::Result<()> {
+    let (status, body) = crate::contenders::http_get(proxy, HEADERS_PATH, "bench.test")?;
+    anyhow::ensure!(
+        status == 200,
+        "{name}: {HEADERS_PATH} answered {status}: {body}"
+    );
+    let names: Vec<&str> = body
+        .trim()
+        .split(',')
+        .filter(|n| *n != "connection")
+        .collect();
+    anyhow::ensure!(
+        names.join(",") == FORWARDED_HEADERS,
+        "{name} forwards the headers {body:?} to the upstream, not {FORWARDED_HEADERS:?}: \
+         the comparison needs the same header work from every proxy"
+    );
+    Ok(())
 }
 
 /// Connections the upstream at `addr` has accepted, not counting the one asking.

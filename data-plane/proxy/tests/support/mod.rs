@@ -861,10 +861,20 @@ where
     Ok(())
 }
 
-/// An address nothing listens on.
-pub async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+/// An address nothing listens on, held for as long as the value lives: the socket is bound but
+/// never listens, so connects are refused and no other test can be handed the port meanwhile.
+pub struct DeadAddr {
+    pub addr: SocketAddr,
+    _held: tokio::net::TcpSocket,
+}
+
+pub fn dead_addr() -> DeadAddr {
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    DeadAddr {
+        addr: held.local_addr().unwrap(),
+        _held: held,
+    }
 }
 
 // ---------------------------------------------------------------- client
