@@ -91,6 +91,8 @@ struct Run {
     upstream_cpu: f64,
     /// New connections the upstream accepted during the run.
     upstream_conns: u64,
+    /// The share of the machine's CPU time the hypervisor gave to other guests during the run.
+    steal: Option<f64>,
 }
 
 /// The medians of one cell's runs.
@@ -110,6 +112,8 @@ struct Cell {
     upstream_conns: f64,
     /// Each run's `(req/s, p99)`, in round order, for ratios of runs made back to back.
     rounds: Vec<(f64, f64)>,
+    /// Each run's VM steal share, in round order.
+    steal: Vec<Option<f64>>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -125,6 +129,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 impl Cell {
+    /// The median VM steal share of the runs that have one.
+    fn median_steal(&self) -> Option<f64> {
+        let known: Vec<f64> = self.steal.iter().flatten().copied().collect();
+        (!known.is_empty()).then(|| median(known))
+    }
+
     fn from_runs(kind: Kind, shape: Shape, runs: &[Run]) -> Cell {
         let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
         let opt = |f: &dyn Fn(&Run) -> Option<f64>| {
@@ -147,6 +157,7 @@ impl Cell {
                 .iter()
                 .map(|r| (r.load.req_per_sec, r.load.p99))
                 .collect(),
+            steal: runs.iter().map(|r| r.steal).collect(),
         }
     }
 }
@@ -257,7 +268,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Every cell, `repeats` times: for each repeat, each shape, each path (interleaved, so a
-/// background load hits all paths alike), a warm-up then a measured run.
+/// background load hits all paths alike), a warm-up then a measured run. Odd rounds take the
+/// paths in reverse order, so no path always runs right after the same one (Flotilla and
+/// HAProxy stay neighbours, each going first in every other round).
 fn run_load(
     paths: &mut [Contender],
     (upstream_pid, upstream_addr): (u32, std::net::SocketAddr),
@@ -269,7 +282,8 @@ fn run_load(
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); n * Shape::ALL.len()];
     for repeat in 0..settings.repeats {
         for (s, shape) in Shape::ALL.into_iter().enumerate() {
-            for (p, path) in paths.iter_mut().enumerate() {
+            for p in round_order(n, repeat) {
+                let path = &mut paths[p];
                 let url = path.url(shape);
                 let warm = load::run(shape, &url, settings.warmup, &h2log)
                     .with_context(|| format!("warm-up of {} ({})", path.kind.name(), url))?;
@@ -280,8 +294,10 @@ fn run_load(
                 let conns0 = upstream::accepted(upstream_addr)?;
                 let cpu0 = pid.map(procs::tree_cpu_secs);
                 let up0 = procs::tree_cpu_secs(upstream_pid);
+                let ticks0 = procs::cpu_ticks();
                 let result = load::run(shape, &url, settings.duration, &h2log)
                     .with_context(|| format!("{} ({})", path.kind.name(), url))?;
+                let steal = procs::steal_share(ticks0, procs::cpu_ticks());
                 let up1 = procs::tree_cpu_secs(upstream_pid);
                 let cpu = pid.map(procs::tree_cpu_secs).zip(cpu0).map(|(b, a)| b - a);
                 let peak_rss = pid.map(procs::tree_peak_rss);
@@ -292,7 +308,7 @@ fn run_load(
                 }
                 eprintln!(
                     "run {}/{} {:8} {:8}: {:>9.0} req/s, p50 {}, p99 {}, errors {}, proxy CPU {}, \
-                     upstream CPU {:.2} s, {upstream_conns} new upstream connections \
+                     upstream CPU {:.2} s, {upstream_conns} new upstream connections, VM steal {} \
                      (warm-up {:.0} req/s)",
                     repeat + 1,
                     settings.repeats,
@@ -304,6 +320,7 @@ fn run_load(
                     result.errors,
                     cpu.map_or("-".into(), |c| format!("{c:.2} s")),
                     up1 - up0,
+                    percent(steal),
                     warm.req_per_sec,
                 );
                 runs[s * n + p].push(Run {
@@ -312,6 +329,7 @@ fn run_load(
                     peak_rss,
                     upstream_cpu: up1 - up0,
                     upstream_conns,
+                    steal,
                 });
             }
         }
@@ -323,6 +341,20 @@ fn run_load(
         }
     }
     Ok((cells, settings))
+}
+
+/// The order of the paths in round `repeat`: as listed in even rounds, reversed in odd ones.
+fn round_order(n: usize, repeat: u32) -> Vec<usize> {
+    if repeat.is_multiple_of(2) {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
+}
+
+/// A share as a percentage, `-` when unknown.
+fn percent(share: Option<f64>) -> String {
+    share.map_or("-".into(), |s| format!("{:.1} %", s * 100.0))
 }
 
 fn ms(secs: f64) -> String {
@@ -388,12 +420,12 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
         println!("### {}", shape.title());
         println!();
         println!(
-            "| path | req/s | p50 | p99 | errors | proxy CPU | CPU/req | peak RSS | upstream CPU | upstream conns |"
+            "| path | req/s | p50 | p99 | errors | proxy CPU | CPU/req | peak RSS | upstream CPU | upstream conns | VM steal |"
         );
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for c in cells.iter().filter(|c| c.shape == shape) {
             println!(
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.2} s | {:.0} |",
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.2} s | {:.0} | {} |",
                 c.kind.name(),
                 c.req_per_sec,
                 ms(c.p50),
@@ -405,6 +437,7 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
                     .map_or("-".into(), |b| format!("{:.1} MB", b as f64 / 1e6)),
                 c.upstream_cpu,
                 c.upstream_conns,
+                percent(c.median_steal()),
             );
         }
         println!();
@@ -463,6 +496,20 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
             ms(f.p99),
             ms(h.p99)
         );
+        let by_round = |c: &Cell| {
+            c.steal
+                .iter()
+                .map(|s| percent(*s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "- VM steal during those HTTP/1.1 runs, by round (CPU time the hypervisor gave to \
+             other guests; a round where it is high, or differs between the two, is a noisy one): \
+             Flotilla {}; HAProxy {}",
+            by_round(f),
+            by_round(h)
+        );
     }
     let with_errors: Vec<String> = cells
         .iter()
@@ -504,6 +551,7 @@ mod tests {
             upstream_cpu: 0.0,
             upstream_conns: 0.0,
             rounds,
+            steal: Vec::new(),
         };
         // One round out of line (0.75) sets the ratio of the medians (30 ÷ 40 = 0.75), not the
         // median of the rounds' ratios.
@@ -514,6 +562,13 @@ mod tests {
         assert_eq!(list, "1.10, 0.75, 1.10");
         let (q, _) = per_round(&f, &h, |round| round.1);
         assert!((q - 0.5).abs() < 1e-9, "{q}");
+    }
+
+    #[test]
+    fn odd_rounds_reverse_the_order_of_the_paths() {
+        assert_eq!(round_order(4, 0), [0, 1, 2, 3]);
+        assert_eq!(round_order(4, 1), [3, 2, 1, 0]);
+        assert_eq!(round_order(4, 2), [0, 1, 2, 3]);
     }
 
     #[test]

@@ -151,6 +151,37 @@ pub fn tree_cpu_secs(pid: u32) -> f64 {
         .sum()
 }
 
+/// The machine's CPU time so far, from the first line of `/proc/stat`: `(steal, total)` in
+/// clock ticks, where steal is the time this VM's CPUs were ready to run but the hypervisor ran
+/// another guest, and total is every state's time (user, system, idle, steal, …) summed.
+pub fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_cpu_ticks(stat.lines().next()?)
+}
+
+/// `(steal, total)` from a `/proc/stat` `cpu` line: `cpu user nice system idle iowait irq
+/// softirq steal guest guest_nice`. Guest time is already counted in user and nice, so it is
+/// left out of the total.
+fn parse_cpu_ticks(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let steal = *values.get(7)?;
+    Some((steal, values.iter().sum()))
+}
+
+/// The share of CPU time stolen by the hypervisor between two [`cpu_ticks`] readings.
+pub fn steal_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((s0, t0), (s1, t1)) = (before?, after?);
+    let total = t1.checked_sub(t0).filter(|t| *t > 0)?;
+    Some(s1.saturating_sub(s0) as f64 / total as f64)
+}
+
 /// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
 fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -236,4 +267,22 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_read_from_the_cpu_line() {
+        let line = "cpu  199835 0 86948 65883 1292 0 37790 3815 0 0";
+        let total = 199_835 + 86_948 + 65_883 + 1_292 + 37_790 + 3_815;
+        assert_eq!(parse_cpu_ticks(line), Some((3_815, total)));
+        assert_eq!(parse_cpu_ticks("cpu0 1 2 3 4 5 6 7 8 0 0"), None);
+        assert_eq!(parse_cpu_ticks("cpu 1 2 3"), None);
+        let share = steal_share(Some((100, 1_000)), Some((150, 2_000))).unwrap();
+        assert!((share - 0.05).abs() < 1e-12, "{share}");
+        assert_eq!(steal_share(Some((1, 10)), Some((1, 10))), None);
+        assert_eq!(steal_share(None, Some((1, 10))), None);
+    }
 }
