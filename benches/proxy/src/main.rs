@@ -110,10 +110,18 @@ struct Cell {
     peak_rss: Option<u64>,
     upstream_cpu: f64,
     upstream_conns: f64,
-    /// Each run's `(req/s, p99)`, in round order, for ratios of runs made back to back.
-    rounds: Vec<(f64, f64)>,
-    /// Each run's VM steal share, in round order.
-    steal: Vec<Option<f64>>,
+    /// The median VM steal share of the runs that have one.
+    steal: Option<f64>,
+    /// Each run, in round order, for ratios of runs made back to back.
+    rounds: Vec<Round>,
+}
+
+/// What one round's run of a cell is compared on, and the steal it ran under.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    req_per_sec: f64,
+    p99: f64,
+    steal: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -129,12 +137,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 impl Cell {
-    /// The median VM steal share of the runs that have one.
-    fn median_steal(&self) -> Option<f64> {
-        let known: Vec<f64> = self.steal.iter().flatten().copied().collect();
-        (!known.is_empty()).then(|| median(known))
-    }
-
     fn from_runs(kind: Kind, shape: Shape, runs: &[Run]) -> Cell {
         let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
         let opt = |f: &dyn Fn(&Run) -> Option<f64>| {
@@ -153,11 +155,15 @@ impl Cell {
             peak_rss: opt(&|r| r.peak_rss.map(|b| b as f64)).map(|b| b as u64),
             upstream_cpu: m(&|r| r.upstream_cpu),
             upstream_conns: m(&|r| r.upstream_conns as f64),
+            steal: opt(&|r| r.steal),
             rounds: runs
                 .iter()
-                .map(|r| (r.load.req_per_sec, r.load.p99))
+                .map(|r| Round {
+                    req_per_sec: r.load.req_per_sec,
+                    p99: r.load.p99,
+                    steal: r.steal,
+                })
                 .collect(),
-            steal: runs.iter().map(|r| r.steal).collect(),
         }
     }
 }
@@ -369,12 +375,12 @@ fn cell(cells: &[Cell], kind: Kind, shape: Shape) -> Option<&Cell> {
     cells.iter().find(|c| c.kind == kind && c.shape == shape)
 }
 
-/// Flotilla's figure ÷ HAProxy's (`pick` of a round's `(req/s, p99)`) in each round, and the
+/// Flotilla's figure ÷ HAProxy's (`pick` of a round) in each round, and the
 /// median of those ratios, with the ratios listed. Each round runs the two back to back, so a
 /// slow spell of the machine (another VM's load: these runs share 2 CPUs) hits both alike; the
 /// median of the ratios cancels it, where the ratio of the medians would not (the same with one
 /// round).
-fn per_round(f: &Cell, h: &Cell, pick: fn(&(f64, f64)) -> f64) -> (f64, String) {
+fn per_round(f: &Cell, h: &Cell, pick: fn(&Round) -> f64) -> (f64, String) {
     let ratios: Vec<f64> = f
         .rounds
         .iter()
@@ -437,7 +443,7 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
                     .map_or("-".into(), |b| format!("{:.1} MB", b as f64 / 1e6)),
                 c.upstream_cpu,
                 c.upstream_conns,
-                percent(c.median_steal()),
+                percent(c.steal),
             );
         }
         println!();
@@ -478,8 +484,8 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
         cell(cells, Kind::Flotilla, Shape::Http1),
         cell(cells, Kind::HAProxy, Shape::Http1),
     ) {
-        let (r, rps) = per_round(f, h, |round| round.0);
-        let (q, p99) = per_round(f, h, |round| round.1);
+        let (r, rps) = per_round(f, h, |round| round.req_per_sec);
+        let (q, p99) = per_round(f, h, |round| round.p99);
         println!(
             "- {}: HTTP/1.1 req/s: Flotilla ÷ HAProxy = {r:.2} × (median of the rounds: {}; \
              medians {:.0} and {:.0} req/s) (target ≥ 1.00 ×)",
@@ -497,9 +503,9 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
             ms(h.p99)
         );
         let by_round = |c: &Cell| {
-            c.steal
+            c.rounds
                 .iter()
-                .map(|s| percent(*s))
+                .map(|r| percent(r.steal))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -550,17 +556,24 @@ mod tests {
             peak_rss: None,
             upstream_cpu: 0.0,
             upstream_conns: 0.0,
-            rounds,
-            steal: Vec::new(),
+            steal: None,
+            rounds: rounds
+                .into_iter()
+                .map(|(req_per_sec, p99)| Round {
+                    req_per_sec,
+                    p99,
+                    steal: None,
+                })
+                .collect(),
         };
         // One round out of line (0.75) sets the ratio of the medians (30 ÷ 40 = 0.75), not the
         // median of the rounds' ratios.
         let f = cell(vec![(11.0, 1.0), (30.0, 3.0), (44.0, 2.0)]);
         let h = cell(vec![(10.0, 2.0), (40.0, 2.0), (40.0, 4.0)]);
-        let (r, list) = per_round(&f, &h, |round| round.0);
+        let (r, list) = per_round(&f, &h, |round| round.req_per_sec);
         assert!((r - 1.1).abs() < 1e-9, "{r}");
         assert_eq!(list, "1.10, 0.75, 1.10");
-        let (q, _) = per_round(&f, &h, |round| round.1);
+        let (q, _) = per_round(&f, &h, |round| round.p99);
         assert!((q - 0.5).abs() < 1e-9, "{q}");
     }
 

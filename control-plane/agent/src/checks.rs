@@ -420,10 +420,9 @@ mod tests {
         let r = run_once(&http, &bad, addr).await;
         assert!(!r.passing && r.output.contains("500"), "{r:?}");
 
-        // A port nothing listens on, held bound (never listening) so no other test takes it.
-        let held = tokio::net::TcpSocket::new_v4().unwrap();
-        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let closed = held.local_addr().unwrap();
+        // A port nothing listens on, held until the test ends.
+        let held = flotilla_test_support::dead_addr();
+        let closed = held.addr;
         assert!(!run_once(&http, &tcp, closed).await.passing);
     }
 }

@@ -1308,11 +1308,9 @@ async fn grpc_checks_follow_the_health_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_restart_restarts_the_task_after_the_limit() {
-    // A port nothing listens on: the tcp check always fails. The socket stays bound (never
-    // listening) until the test ends, so no other test can be handed the port meanwhile.
-    let held = tokio::net::TcpSocket::new_v4().unwrap();
-    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let closed = held.local_addr().unwrap().port();
+    // A port nothing listens on (held until the test ends): the tcp check always fails.
+    let held = flotilla_test_support::dead_addr();
+    let closed = held.addr.port();
     let h = start(3_000).await;
     let id = "ffffffff-2222-3333-4444-555555555555";
     let services = vec![pb::Service {

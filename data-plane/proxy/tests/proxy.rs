@@ -210,7 +210,7 @@ async fn upstream_connections_are_pooled() {
 async fn connect_failure_tries_next_endpoint_then_502() {
     let (fake, proxy) = proxy_with_server("n1").await;
     let live = echo_backend("live").await;
-    let held = dead_addr();
+    let held = flotilla_test_support::dead_addr();
     let dead = held.addr;
     fake.configure(
         "1",
@@ -608,7 +608,7 @@ async fn admin_ready_and_config_dump() {
 async fn config_can_be_applied_without_a_server() {
     init_tracing();
     // Nothing listens at this URL: the discovery client keeps retrying in the background.
-    let dead = dead_addr();
+    let dead = flotilla_test_support::dead_addr();
     let server = format!("http://{}", dead.addr);
     let proxy = TestProxy::start("n1", server).await;
     let b = echo_backend("direct").await;

@@ -6,6 +6,7 @@
 //!   SIGKILL) when dropped, and killable with SIGKILL on purpose (`kill9`).
 //! - [`Cluster`]: a server and agents as separate processes.
 //! - [`eventually`]: wait for a condition with a deadline — never a fixed sleep.
+//! - [`dead_addr`]: an address nothing listens on, that no parallel test can be handed.
 //! - HTTP helpers ([`get`], [`get_host`]) on plain reqwest.
 //! - [`release_flotilla`]: the release binary the benchmarks run (built when missing).
 
@@ -164,6 +165,25 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(15));
+    }
+}
+
+/// An address nothing listens on, held for as long as the value lives: the socket is bound but
+/// never listens, so connects are refused and no other test can be handed the port meanwhile
+/// (a listener bound and dropped frees the port for the next test that asks for one).
+pub struct DeadAddr {
+    pub addr: SocketAddr,
+    _held: tokio::net::TcpSocket,
+}
+
+/// See [`DeadAddr`].
+pub fn dead_addr() -> DeadAddr {
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .expect("bind 127.0.0.1:0");
+    DeadAddr {
+        addr: held.local_addr().expect("local address"),
+        _held: held,
     }
 }
 

@@ -861,22 +861,6 @@ where
     Ok(())
 }
 
-/// An address nothing listens on, held for as long as the value lives: the socket is bound but
-/// never listens, so connects are refused and no other test can be handed the port meanwhile.
-pub struct DeadAddr {
-    pub addr: SocketAddr,
-    _held: tokio::net::TcpSocket,
-}
-
-pub fn dead_addr() -> DeadAddr {
-    let held = tokio::net::TcpSocket::new_v4().unwrap();
-    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    DeadAddr {
-        addr: held.local_addr().unwrap(),
-        _held: held,
-    }
-}
-
 // ---------------------------------------------------------------- client
 
 #[derive(Debug)]
