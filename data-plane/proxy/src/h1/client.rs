@@ -106,10 +106,8 @@ where
         if coalesce {
             self.out.extend_from_slice(body);
         }
-        // The first write decides whether anything was sent. It waits for the end of the
-        // worker's turn, so the requests of one wake-up reach the upstream together.
+        // The first write decides whether anything was sent.
         let out = std::mem::take(&mut self.out);
-        super::turn::end_of_turn().await;
         let written = match self.io.write(&out).await {
             Ok(0) => Err(Failure {
                 error: H1Error::Closed,

@@ -19,7 +19,6 @@ pub mod chunked;
 pub mod client;
 pub mod io;
 pub mod server;
-pub mod turn;
 
 pub use client::{ClientBody, ClientConn, Recycle};
 

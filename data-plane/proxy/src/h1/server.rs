@@ -305,7 +305,6 @@ where
     }
     out.extend_from_slice(b"\r\n");
     if bodiless {
-        super::turn::end_of_turn().await;
         io.write_all(out).await?;
         return Ok(true);
     }
@@ -357,8 +356,6 @@ where
         out.extend_from_slice(super::chunked::LAST_CHUNK);
     }
     if !out.is_empty() {
-        // The last (usually the only) write of the response: after the other ready tasks.
-        super::turn::end_of_turn().await;
         io.write_all(out).await?;
         out.clear();
     }
