@@ -29,6 +29,7 @@ use flotilla_proto::discovery::v1::{
     AUTHORIZATION_TYPE, CLUSTER_TYPE, DiscoveryResponse, LISTENER_TYPE, ROUTE_TYPE, Resource,
     TRUST_BUNDLE_TYPE, resource::Kind,
 };
+use flotilla_proxy::workers::Affinity;
 use flotilla_proxy::{ApplyError, BoundProxy, ConfigHandle, NodeIdentity, ProxyConfig};
 use tracing::{info, warn};
 
@@ -77,6 +78,29 @@ pub struct ProxyArgs {
     /// of CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+    /// Pinning of the forwarding threads: `auto` pins worker i to the i-th CPU the process may
+    /// run on when there is exactly one worker per such CPU; `none` leaves placement to the
+    /// kernel.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = WorkerAffinity::Auto)]
+    pub worker_affinity: WorkerAffinity,
+}
+
+/// Values of `flotilla proxy --worker-affinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerAffinity {
+    /// One CPU per worker when there is one worker per allowed CPU.
+    Auto,
+    /// Never pin.
+    None,
+}
+
+impl From<WorkerAffinity> for Affinity {
+    fn from(mode: WorkerAffinity) -> Self {
+        match mode {
+            WorkerAffinity::Auto => Affinity::Auto,
+            WorkerAffinity::None => Affinity::None,
+        }
+    }
 }
 
 /// A bootstrap file that could not be used. Each names the file.
@@ -245,6 +269,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(n) = args.workers.and_then(|n| NonZeroUsize::new(usize::from(n))) {
         proxy = proxy.with_workers(n);
     }
+    proxy = proxy.with_worker_affinity(args.worker_affinity.into());
     let (clusters, routes, listeners) = (
         bootstrap.clusters.len(),
         bootstrap.routes.len(),

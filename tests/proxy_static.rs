@@ -4,6 +4,8 @@
 //!   the proxy becomes ready, a request through the ingress gets the backend's answer, and
 //!   SIGTERM stops it by itself.
 //! - Broken bootstraps exit non-zero, naming the file and the field.
+//! - With one worker per allowed CPU, each forwarding thread is pinned to a CPU of its own;
+//!   `--worker-affinity none` pins nothing.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -58,6 +60,41 @@ fn bootstrap(backend: SocketAddr) -> String {
             "kind": {"authorization": {"default_action": "allow"}}}],
     })
     .to_string()
+}
+
+/// The CPUs `pid`'s thread `tid` may run on, from `/proc` (`Cpus_allowed_list`, e.g. `0-1`).
+fn cpus_allowed(pid: u32, tid: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap()
+}
+
+/// The CPUs of a `Cpus_allowed_list` (`0-1`, `0,2-3`), ascending.
+fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(first.parse::<usize>().unwrap()..=last.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+/// `(thread name, allowed CPUs)` of `pid`'s forwarding threads, sorted by name.
+fn worker_affinities(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = task.unwrap().file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"));
+        let Ok(comm) = comm else { continue };
+        if comm.starts_with("flotilla-fwd-") {
+            out.push((comm.trim().to_owned(), cpus_allowed(pid, &tid)));
+        }
+    }
+    out.sort();
+    out
 }
 
 fn proxy_args(file: &std::path::Path, net: Net) -> Vec<String> {
@@ -117,6 +154,52 @@ async fn static_bootstrap_proxies_to_its_cluster_and_stops_on_sigterm() {
         "SIGTERM must stop the proxy by itself:\n{}",
         proxy.output()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_pinned_one_per_cpu_unless_turned_off() {
+    let own_list = cpus_allowed(std::process::id(), &std::process::id().to_string());
+    let own = parse_cpu_list(&own_list);
+    let net = Net::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bootstrap.json");
+    std::fs::write(&file, bootstrap(backend(net.ip(2)).await)).unwrap();
+    let workers = own.len().to_string();
+    for (mode, want) in [
+        (
+            "auto",
+            own.iter()
+                .enumerate()
+                .map(|(i, cpu)| (format!("flotilla-fwd-{i}"), cpu.to_string()))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "none",
+            (0..own.len())
+                .map(|i| (format!("flotilla-fwd-{i}"), own_list.clone()))
+                .collect(),
+        ),
+    ] {
+        let mut args = proxy_args(&file, net);
+        let n = args.len();
+        args[n - 1] = workers.clone();
+        args.extend(["--worker-affinity".into(), mode.into()]);
+        let mut proxy = Proc::spawn(std::path::Path::new(BIN), "proxy", &args, dir.path());
+        let ready = format!("http://{}/ready", net.addr(1, 19000));
+        eventually("the proxy is ready", Duration::from_secs(20), || {
+            let ready = ready.clone();
+            async move { get(&ready).await.filter(|(status, _)| *status == 200) }
+        })
+        .await;
+        let pid = proxy.pid();
+        let what = format!("with --worker-affinity {mode}, workers allowed on {want:?}");
+        eventually(&what, Duration::from_secs(10), || {
+            let want = want.clone();
+            async move { Some(()).filter(|()| worker_affinities(pid) == want) }
+        })
+        .await;
+        assert!(proxy.stop(Duration::from_secs(10)), "{}", proxy.output());
+    }
 }
 
 #[test]

@@ -211,22 +211,35 @@ pub fn flotilla(bin: &Path, upstream: SocketAddr, dir: &Path) -> anyhow::Result<
         h1: started.ingress,
         h2: started.ingress,
         about: format!(
-            "{} (`{}`): `flotilla proxy --bootstrap --workers {PROXY_WORKERS}`, RUST_LOG=warn; \
-             HTTP/1.1 and h2c on one port; HTTP/1.1 upstream pool",
+            "{} (`{}`): `flotilla proxy --bootstrap --workers {PROXY_WORKERS}`, RUST_LOG=warn, \
+             default `--worker-affinity auto` (workers pinned one per CPU when the process may \
+             use {PROXY_WORKERS} CPUs); HTTP/1.1 and h2c on one port; HTTP/1.1 upstream pool",
             version_of(bin, &["--version"]),
             bin.display()
         ),
     })
 }
 
-pub fn haproxy(program: &Path, upstream: SocketAddr, dir: &Path) -> anyhow::Result<Contender> {
+/// HAProxy; `pin` binds thread `i` to CPU `i - 1` (`cpu-map`).
+pub fn haproxy(
+    program: &Path,
+    upstream: SocketAddr,
+    dir: &Path,
+    pin: bool,
+) -> anyhow::Result<Contender> {
     let (h1, h2) = (loopback(procs::free_port()?), loopback(procs::free_port()?));
+    let last = PROXY_WORKERS - 1;
+    let cpu_map = if pin {
+        format!("\n    cpu-map auto:1/1-{PROXY_WORKERS} 0-{last}")
+    } else {
+        String::new()
+    };
     // No `log` line anywhere: HAProxy logs nothing. One process, PROXY_WORKERS threads.
     // maxconn sizes its FD limit (2 per connection): keep it under a 20,000 hard limit.
     let config = format!(
         "global
     nbthread {PROXY_WORKERS}
-    maxconn 8000
+    maxconn 8000{cpu_map}
 
 defaults
     mode http
@@ -266,7 +279,7 @@ backend upstream
         h1,
         h2,
         about: format!(
-            "{}: `nbthread {PROXY_WORKERS}`, `http-reuse always`, `option forwardfor` + \
+            "{}: `nbthread {PROXY_WORKERS}`{}, `http-reuse always`, `option forwardfor` + \
              `X-Forwarded-Host`/`-Proto`, no logging; HTTP/1.1 and h2c (`bind … proto h2`) \
              on two ports",
             // "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/"
@@ -274,19 +287,35 @@ backend upstream
                 .split_whitespace()
                 .take(3)
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" "),
+            if pin {
+                format!(", `cpu-map auto:1/1-{PROXY_WORKERS} 0-{last}`")
+            } else {
+                String::new()
+            }
         ),
     })
 }
 
-pub fn nginx(program: &Path, upstream: SocketAddr, dir: &Path) -> anyhow::Result<Contender> {
+/// nginx; `pin` binds each worker process to a CPU of its own (`worker_cpu_affinity auto`).
+pub fn nginx(
+    program: &Path,
+    upstream: SocketAddr,
+    dir: &Path,
+    pin: bool,
+) -> anyhow::Result<Contender> {
     let (h1, h2) = (loopback(procs::free_port()?), loopback(procs::free_port()?));
     let d = dir.display();
+    let affinity = if pin {
+        "\nworker_cpu_affinity auto;"
+    } else {
+        ""
+    };
     // `daemon off` keeps the master as our child; the workers are its children.
     let config = format!(
         "daemon off;
 master_process on;
-worker_processes {PROXY_WORKERS};
+worker_processes {PROXY_WORKERS};{affinity}
 worker_rlimit_nofile 16384;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log error;
@@ -347,12 +376,17 @@ http {{
         h1,
         h2,
         about: format!(
-            "{}: `worker_processes {PROXY_WORKERS}`, `upstream {{ keepalive 128; }}` + \
+            "{}: `worker_processes {PROXY_WORKERS}`{}, `upstream {{ keepalive 128; }}` + \
              `proxy_http_version 1.1`, `Host` + `X-Forwarded-For`/`-Host`/`-Proto`, \
              `keepalive_requests 1000000`, `access_log off`; \
              HTTP/1.1 and h2c (`listen … http2`) on two ports",
             // "nginx version: nginx/1.22.1"
-            version_of(program, &["-v"]).replace("nginx version: ", "")
+            version_of(program, &["-v"]).replace("nginx version: ", ""),
+            if pin {
+                ", `worker_cpu_affinity auto`"
+            } else {
+                ""
+            }
         ),
     })
 }

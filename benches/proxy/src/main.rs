@@ -70,6 +70,10 @@ struct Args {
     /// Fail instead of running apt-get when a tool is missing.
     #[arg(long)]
     no_install: bool,
+    /// Pin HAProxy's and nginx's threads one per CPU too (`cpu-map`, `worker_cpu_affinity
+    /// auto`), as Flotilla pins its workers by default; without it they run their defaults.
+    #[arg(long)]
+    pin_peers: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,7 +211,15 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "- machine: {cpus} CPUs, load average {load_before} at start; everything (client, \
-         proxy, upstream) shares these CPUs, nothing is pinned"
+         proxy, upstream) shares these CPUs; {}",
+        if args.pin_peers {
+            "every proxy pins its threads one per CPU (Flotilla by default, HAProxy with \
+             `cpu-map`, nginx with `worker_cpu_affinity auto`: `--pin-peers`)"
+        } else {
+            "Flotilla runs its default `--worker-affinity auto` (on 2 CPUs: its two workers \
+             pinned one per CPU), HAProxy and nginx run their defaults, unpinned \
+             (`--pin-peers` pins them too)"
+        }
     );
     println!("- tools: {}; {}", tools.note, tools::client_versions());
     println!(
@@ -235,12 +247,19 @@ fn main() -> anyhow::Result<()> {
         };
         let mut paths = vec![contenders::direct(upstream_addr)];
         paths.push(contenders::flotilla(&bin, upstream_addr, dir.path())?);
+        let pin = args.pin_peers;
         paths.push(contenders::haproxy(
             &tools.haproxy,
             upstream_addr,
             dir.path(),
+            pin,
         )?);
-        paths.push(contenders::nginx(&tools.nginx, upstream_addr, dir.path())?);
+        paths.push(contenders::nginx(
+            &tools.nginx,
+            upstream_addr,
+            dir.path(),
+            pin,
+        )?);
         for c in &paths {
             if c.kind != contenders::Kind::Direct {
                 upstream::check_forwarded_headers(c.kind.name(), c.h1)?;

@@ -143,6 +143,7 @@ pub struct BoundProxy {
     metrics: Arc<Metrics>,
     access_log: Option<Arc<AccessLog>>,
     workers: NonZeroUsize,
+    affinity: workers::Affinity,
 }
 
 async fn bind_tokio(
@@ -191,6 +192,7 @@ impl BoundProxy {
             metrics,
             access_log: None,
             workers: workers::default_count(),
+            affinity: workers::Affinity::default(),
         })
     }
 
@@ -251,6 +253,13 @@ impl BoundProxy {
         self
     }
 
+    /// Whether the forwarding threads are pinned to CPUs (default: [`workers::Affinity::Auto`],
+    /// one CPU each when there is one worker per allowed CPU).
+    pub fn with_worker_affinity(mut self, affinity: workers::Affinity) -> Self {
+        self.affinity = affinity;
+        self
+    }
+
     /// Plaintext L4 legs: splice (default, [`flotilla_forward::Mode::Auto`]) or buffered copy.
     pub fn with_l4_mode(mut self, mode: flotilla_forward::Mode) -> Self {
         self.l4_mode = mode;
@@ -304,8 +313,10 @@ impl BoundProxy {
         );
 
         let drain = Drain::new();
-        let workers =
-            Arc::new(Workers::start("flotilla-fwd", self.workers).map_err(ProxyError::Workers)?);
+        let workers = Arc::new(
+            Workers::start("flotilla-fwd", self.workers, self.affinity)
+                .map_err(ProxyError::Workers)?,
+        );
         // One upstream pool per worker: a connection and its upstream requests stay on one thread.
         let upstreams: Vec<_> = (0..workers.len())
             .map(|_| Upstream::new(self.upstream.clone(), tls.clone()))
