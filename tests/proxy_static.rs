@@ -97,7 +97,7 @@ fn worker_affinities(pid: u32) -> Vec<(String, String)> {
     out
 }
 
-fn proxy_args(file: &std::path::Path, net: Net) -> Vec<String> {
+fn proxy_args(file: &std::path::Path, net: Net, workers: usize) -> Vec<String> {
     vec![
         "proxy".into(),
         "--bootstrap".into(),
@@ -109,7 +109,7 @@ fn proxy_args(file: &std::path::Path, net: Net) -> Vec<String> {
         "--admin".into(),
         net.addr(1, 19000).to_string(),
         "--workers".into(),
-        "2".into(),
+        workers.to_string(),
     ]
 }
 
@@ -124,7 +124,7 @@ async fn static_bootstrap_proxies_to_its_cluster_and_stops_on_sigterm() {
     let mut proxy = Proc::spawn(
         std::path::Path::new(BIN),
         "proxy",
-        &proxy_args(&file, net),
+        &proxy_args(&file, net, 2),
         dir.path(),
     );
     let ready = format!("http://{}/ready", net.addr(1, 19000));
@@ -164,7 +164,6 @@ async fn workers_are_pinned_one_per_cpu_unless_turned_off() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bootstrap.json");
     std::fs::write(&file, bootstrap(backend(net.ip(2)).await)).unwrap();
-    let workers = own.len().to_string();
     for (mode, want) in [
         (
             "auto",
@@ -180,9 +179,7 @@ async fn workers_are_pinned_one_per_cpu_unless_turned_off() {
                 .collect(),
         ),
     ] {
-        let mut args = proxy_args(&file, net);
-        let n = args.len();
-        args[n - 1] = workers.clone();
+        let mut args = proxy_args(&file, net, own.len());
         args.extend(["--worker-affinity".into(), mode.into()]);
         let mut proxy = Proc::spawn(std::path::Path::new(BIN), "proxy", &args, dir.path());
         let ready = format!("http://{}/ready", net.addr(1, 19000));
@@ -236,7 +233,7 @@ fn broken_bootstraps_exit_non_zero_naming_file_and_field() {
     for (name, text, needles) in cases {
         let file = dir.path().join(name);
         std::fs::write(&file, text).unwrap();
-        let args = proxy_args(&file, net);
+        let args = proxy_args(&file, net, 2);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out =
             flotilla_test_support::run(std::path::Path::new(BIN), &args, Duration::from_secs(20));

@@ -228,18 +228,21 @@ pub fn haproxy(
     pin: bool,
 ) -> anyhow::Result<Contender> {
     let (h1, h2) = (loopback(procs::free_port()?), loopback(procs::free_port()?));
-    let last = PROXY_WORKERS - 1;
-    let cpu_map = if pin {
-        format!("\n    cpu-map auto:1/1-{PROXY_WORKERS} 0-{last}")
-    } else {
-        String::new()
-    };
+    let cpu_map = pin.then(|| format!("cpu-map auto:1/1-{PROXY_WORKERS} 0-{}", PROXY_WORKERS - 1));
+    let cpu_map_line = cpu_map
+        .as_ref()
+        .map(|l| format!("\n    {l}"))
+        .unwrap_or_default();
+    let cpu_map_note = cpu_map
+        .as_ref()
+        .map(|l| format!(", `{l}`"))
+        .unwrap_or_default();
     // No `log` line anywhere: HAProxy logs nothing. One process, PROXY_WORKERS threads.
     // maxconn sizes its FD limit (2 per connection): keep it under a 20,000 hard limit.
     let config = format!(
         "global
     nbthread {PROXY_WORKERS}
-    maxconn 8000{cpu_map}
+    maxconn 8000{cpu_map_line}
 
 defaults
     mode http
@@ -288,11 +291,7 @@ backend upstream
                 .take(3)
                 .collect::<Vec<_>>()
                 .join(" "),
-            if pin {
-                format!(", `cpu-map auto:1/1-{PROXY_WORKERS} 0-{last}`")
-            } else {
-                String::new()
-            }
+            cpu_map_note
         ),
     })
 }
@@ -306,16 +305,14 @@ pub fn nginx(
 ) -> anyhow::Result<Contender> {
     let (h1, h2) = (loopback(procs::free_port()?), loopback(procs::free_port()?));
     let d = dir.display();
-    let affinity = if pin {
-        "\nworker_cpu_affinity auto;"
-    } else {
-        ""
-    };
+    let affinity = pin.then_some("worker_cpu_affinity auto");
+    let affinity_line = affinity.map(|l| format!("\n{l};")).unwrap_or_default();
+    let affinity_note = affinity.map(|l| format!(", `{l}`")).unwrap_or_default();
     // `daemon off` keeps the master as our child; the workers are its children.
     let config = format!(
         "daemon off;
 master_process on;
-worker_processes {PROXY_WORKERS};{affinity}
+worker_processes {PROXY_WORKERS};{affinity_line}
 worker_rlimit_nofile 16384;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log error;
@@ -382,11 +379,7 @@ http {{
              HTTP/1.1 and h2c (`listen … http2`) on two ports",
             // "nginx version: nginx/1.22.1"
             version_of(program, &["-v"]).replace("nginx version: ", ""),
-            if pin {
-                ", `worker_cpu_affinity auto`"
-            } else {
-                ""
-            }
+            affinity_note
         ),
     })
 }
