@@ -332,10 +332,9 @@ fn run_load(
 ) -> anyhow::Result<(Vec<Cell>, LoadSettings)> {
     let h2log = dir.join("h2load.log");
     let n = paths.len();
-    let shapes = settings.shapes.clone();
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); n * shapes.len()];
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); n * settings.shapes.len()];
     for repeat in 0..settings.repeats {
-        for (s, &shape) in shapes.iter().enumerate() {
+        for (s, &shape) in settings.shapes.iter().enumerate() {
             for p in round_order(n, repeat) {
                 let path = &mut paths[p];
                 let url = path.url(shape);
@@ -389,7 +388,7 @@ fn run_load(
         }
     }
     let mut cells = Vec::new();
-    for (s, &shape) in shapes.iter().enumerate() {
+    for (s, &shape) in settings.shapes.iter().enumerate() {
         for (p, path) in paths.iter().enumerate() {
             cells.push(Cell::from_runs(path.kind, shape, &runs[s * n + p]));
         }

@@ -169,7 +169,7 @@ fn pinning(count: NonZeroUsize) -> Option<Vec<usize>> {
 }
 
 /// The CPUs the calling thread may run on, in ascending order.
-pub fn allowed_cpus() -> nix::Result<Vec<usize>> {
+fn allowed_cpus() -> nix::Result<Vec<usize>> {
     let set = sched_getaffinity(Pid::from_raw(0))?;
     Ok((0..CpuSet::count())
         .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
