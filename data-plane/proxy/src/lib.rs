@@ -346,7 +346,12 @@ impl BoundProxy {
         let pruner = tokio::spawn({
             let upstreams = upstreams.clone();
             async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                let period = self
+                    .upstream
+                    .idle_purge_period
+                    .max(Duration::from_millis(10));
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
                     upstreams.iter().for_each(|u| u.prune());

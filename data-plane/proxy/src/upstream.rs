@@ -6,6 +6,10 @@
 //! connect failure gives the request back to the caller, which may try another endpoint. A pooled
 //! connection that turns out closed before the request was written also gives it back, and a
 //! fresh connection is tried once.
+//!
+//! Idle connections close after the idle timeout; sooner when there are more than the traffic
+//! uses: each purge period closes half of those no request needed during the whole period
+//! (a burst of hundreds of h2 streams leaves hundreds behind).
 
 use std::future::Future;
 use std::io;
@@ -46,6 +50,11 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Idle pooled connections older than this are closed.
     pub idle_timeout: Duration,
+    /// Every period, half (rounded up) of the connections to a target that sat idle for the
+    /// whole period are closed, oldest first, as HAProxy's `pool-purge-delay` does: a burst's
+    /// surplus shrinks geometrically to what the traffic uses, instead of staying open until
+    /// the idle timeout.
+    pub idle_purge_period: Duration,
     /// At most this many HTTP/1.1 connections are pooled per target (busy or idle): enough for
     /// an h2 client's hundreds of concurrent streams without connecting per request.
     pub max_idle_per_target: usize,
@@ -56,6 +65,7 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
+            idle_purge_period: Duration::from_secs(5),
             max_idle_per_target: 512,
         }
     }
@@ -285,24 +295,55 @@ impl<T> Pool<T> {
 
     /// Pools `conn` unless `target` already has `max`.
     fn put(&self, target: Target, conn: T, max: usize) {
+        self.put_at(target, conn, max, Instant::now());
+    }
+
+    fn put_at(&self, target: Target, conn: T, max: usize, now: Instant) {
         let Ok(mut map) = self.map.lock() else {
             return;
         };
         let conns = map.entry(target).or_default();
         if conns.len() < max {
-            conns.push((conn, Instant::now()));
+            conns.push((conn, now));
         }
     }
 
-    /// Drops every connection that is not `alive` or older than `timeout`.
-    fn prune(&self, timeout: Duration, mut alive: impl FnMut(&mut T) -> bool) {
-        if let Ok(mut map) = self.map.lock() {
-            let now = Instant::now();
-            map.retain(|_, conns| {
-                conns.retain_mut(|(c, since)| now.duration_since(*since) < timeout && alive(c));
-                !conns.is_empty()
-            });
-        }
+    /// Drops every connection that is not `alive` or older than `timeout`, then, per target,
+    /// half (rounded up) of the surplus, oldest first: the `ready` connections pooled at least
+    /// `purge_after` before `now`, which no request needed since.
+    fn prune(
+        &self,
+        now: Instant,
+        timeout: Duration,
+        purge_after: Duration,
+        mut alive: impl FnMut(&mut T) -> bool,
+        ready: impl Fn(&T) -> bool,
+    ) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        map.retain(|_, conns| {
+            conns.retain_mut(|(c, since)| now.duration_since(*since) < timeout && alive(c));
+            let surplus =
+                |(c, since): &(T, Instant)| now.duration_since(*since) >= purge_after && ready(c);
+            let mut purge = conns.iter().filter(|&c| surplus(c)).count().div_ceil(2);
+            if purge > 0 {
+                // Oldest first; this also leaves the most recent last, where `take` looks first.
+                conns.sort_by_key(|(_, since)| *since);
+                conns.retain(|c| {
+                    let keep = purge == 0 || !surplus(c);
+                    purge -= usize::from(!keep);
+                    keep
+                });
+            }
+            !conns.is_empty()
+        });
+    }
+
+    /// Pooled connections to `target`, busy or idle.
+    #[cfg(test)]
+    fn len(&self, target: &Target) -> usize {
+        self.map.lock().unwrap().get(target).map_or(0, Vec::len)
     }
 }
 
@@ -514,11 +555,17 @@ impl Upstream {
         tx.try_send_request(req).await.map_err(unsent)
     }
 
-    /// Drops idle connections that are closed or past the idle timeout.
+    /// Drops idle connections that are closed or past the idle timeout, and half of each
+    /// target's surplus (see [`UpstreamConfig::idle_purge_period`]). Called once per purge
+    /// period.
     pub fn prune(&self) {
-        let timeout = self.cfg.idle_timeout;
-        self.idle.prune(timeout, |tx| !tx.is_closed());
-        self.h1.prune(timeout, ClientConn::is_reusable);
+        let (now, timeout) = (Instant::now(), self.cfg.idle_timeout);
+        let purge_after = self.cfg.idle_purge_period;
+        let open = |tx: &mut SendRequest<_>| !tx.is_closed();
+        self.idle
+            .prune(now, timeout, purge_after, open, SendRequest::is_ready);
+        self.h1
+            .prune(now, timeout, purge_after, ClientConn::is_reusable, |_| true);
         if let Ok(mut h2) = self.h2.lock() {
             h2.retain(|_, tx| !tx.is_closed());
         }
@@ -731,4 +778,114 @@ async fn handshake_h2(
         .map_err(ConnectError::Handshake)?;
     drive(&metrics, conn, "upstream h2 connection");
     Ok(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pooled connection: `id`, and whether it is ready for a request (not busy).
+    #[derive(Debug, PartialEq)]
+    struct Conn(u32, bool);
+
+    fn target(port: u16) -> Target {
+        Target {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            via: None,
+        }
+    }
+
+    fn ids(pool: &Pool<Conn>, target: &Target) -> Vec<u32> {
+        let map = pool.map.lock().unwrap();
+        let mut ids: Vec<u32> = map
+            .get(target)
+            .map_or(vec![], |c| c.iter().map(|(c, _)| c.0).collect());
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn purge_halves_the_surplus_each_period_oldest_first() {
+        const TIMEOUT: Duration = Duration::from_secs(90);
+        const PERIOD: Duration = Duration::from_secs(5);
+        let secs = Duration::from_secs;
+        let (a, b) = (target(1), target(2));
+        let pool = Pool::new();
+        let t0 = Instant::now();
+        // A burst left ten idle connections to `a` (older ones first) and one still busy.
+        for id in 0..10 {
+            pool.put_at(
+                a.clone(),
+                Conn(id, true),
+                512,
+                t0 + Duration::from_millis(id.into()),
+            );
+        }
+        pool.put_at(a.clone(), Conn(99, false), 512, t0);
+        pool.put_at(b.clone(), Conn(7, true), 512, t0);
+        let prune = |now| pool.prune(now, TIMEOUT, PERIOD, |_| true, |c: &Conn| c.1);
+
+        // Not idle for a whole period yet: all stay.
+        prune(t0 + secs(4));
+        assert_eq!(pool.len(&a), 11);
+
+        // Half of the ten idle ones go, the oldest; the busy one is never surplus.
+        prune(t0 + secs(6));
+        assert_eq!(ids(&pool, &a), [5, 6, 7, 8, 9, 99]);
+        // Rounded up: one idle connection alone is closed.
+        assert_eq!(pool.len(&b), 0, "the only connection to b was surplus");
+
+        // A connection a request used during the period is not surplus.
+        let used = pool
+            .take(&a, TIMEOUT, |_| true, |c| c.1)
+            .expect("an idle connection");
+        assert_eq!(
+            used,
+            Conn(9, true),
+            "the most recently pooled is taken first"
+        );
+        pool.put_at(a.clone(), used, 512, t0 + secs(8));
+        prune(t0 + secs(11));
+        // Surplus 5, 6, 7, 8: two go.
+        assert_eq!(ids(&pool, &a), [7, 8, 9, 99]);
+        // Now 9 has been idle for a period too: of 7, 8 and 9, the two oldest go.
+        prune(t0 + secs(16));
+        assert_eq!(ids(&pool, &a), [9, 99]);
+        prune(t0 + secs(21));
+        assert_eq!(ids(&pool, &a), [99]);
+
+        // The idle timeout still closes everything, busy or not, and the target is forgotten.
+        prune(t0 + secs(91));
+        assert_eq!(pool.len(&a), 0);
+        assert!(pool.map.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn prune_drops_closed_connections_at_once() {
+        let pool = Pool::new();
+        let a = target(1);
+        let now = Instant::now();
+        for id in 0..4 {
+            pool.put_at(a.clone(), Conn(id, true), 512, now);
+        }
+        // A purge period far away: only the liveness check removes anything.
+        pool.prune(
+            now,
+            Duration::from_secs(90),
+            Duration::from_secs(60),
+            |c| c.0 % 2 == 0,
+            |c| c.1,
+        );
+        assert_eq!(ids(&pool, &a), [0, 2]);
+    }
+
+    #[test]
+    fn put_stops_at_the_per_target_limit() {
+        let pool = Pool::new();
+        let a = target(1);
+        for id in 0..5 {
+            pool.put(a.clone(), Conn(id, true), 3);
+        }
+        assert_eq!(ids(&pool, &a), [0, 1, 2]);
+    }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use flotilla_proto::discovery::v1::ALL_TYPES;
 use flotilla_proxy::access_log::{AccessEntry, AccessLog, AccessLogTarget, ResponseFlags};
 use flotilla_proxy::metrics::{LATENCY_BUCKETS, Limit, Metrics};
+use flotilla_proxy::upstream::UpstreamConfig;
 use flotilla_proxy::{BoundProxy, NodeIdentity, ProxyConfig, ProxyError};
 use http::StatusCode;
 use support::*;
@@ -37,6 +38,15 @@ impl Drop for Proxy {
 
 /// Starts a proxy against `fake` and consumes its initial discovery requests.
 async fn start(fake: &FakeDiscovery, access_log: Option<AccessLog>) -> Proxy {
+    start_with(fake, access_log, UpstreamConfig::default()).await
+}
+
+/// [`start`] with the upstream pool's timeouts and limits.
+async fn start_with(
+    fake: &FakeDiscovery,
+    access_log: Option<AccessLog>,
+    upstream: UpstreamConfig,
+) -> Proxy {
     let lo = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let mut bound = BoundProxy::bind(ProxyConfig {
         ingress_addr: lo(0),
@@ -44,7 +54,8 @@ async fn start(fake: &FakeDiscovery, access_log: Option<AccessLog>) -> Proxy {
         admin_addr: Some(lo(0)),
     })
     .await
-    .unwrap();
+    .unwrap()
+    .with_upstream_config(upstream);
     if let Some(log) = access_log {
         bound = bound.with_access_log(log);
     }
@@ -554,6 +565,67 @@ async fn metrics_endpoint_serves_one_valid_exposition() {
             "unbounded label value in {series}"
         );
     }
+}
+
+/// A burst opens one upstream connection per concurrent request; once the burst is over, the
+/// idle surplus is closed period by period (long before the idle timeout), and the next
+/// request connects again.
+#[tokio::test]
+async fn idle_upstream_connections_left_by_a_burst_are_purged() {
+    init_tracing();
+    let fake = FakeDiscovery::start().await;
+    let upstream = UpstreamConfig {
+        idle_purge_period: Duration::from_millis(500),
+        ..UpstreamConfig::default()
+    };
+    assert!(upstream.idle_timeout >= Duration::from_secs(60));
+    let proxy = start_with(&fake, None, upstream).await;
+    let mut slow = slow_backend().await;
+    fake.configure(
+        "1",
+        vec![cluster("slow", vec![local(slow.addr, true)])],
+        vec![],
+    )
+    .await;
+    let active = r#"flotilla_proxy_upstream_connections_active{cluster="slow"}"#;
+    let total = r#"flotilla_proxy_upstream_connections_total{cluster="slow"}"#;
+
+    // Eight requests held at the backend at once: eight upstream connections.
+    const BURST: usize = 8;
+    let ingress = proxy.ingress;
+    let burst: Vec<_> = (0..BURST)
+        .map(|_| tokio::spawn(async move { get(ingress, "slow.service.flotilla", "/").await }))
+        .collect();
+    within("the burst to reach the backend", async {
+        for _ in 0..BURST {
+            slow.started.recv().await.unwrap();
+        }
+    })
+    .await;
+    slow.release.send(true).unwrap();
+    for r in burst {
+        let r = r.await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "slow-done"));
+    }
+    let after_burst = scrape(proxy.admin).await;
+    assert_eq!(after_burst.get(total), BURST as f64);
+    assert_eq!(
+        after_burst.get(active),
+        BURST as f64,
+        "all pooled, none closed yet"
+    );
+
+    // Idle since, they go within a few purge periods; the idle timeout is 90 s away.
+    eventually("the idle surplus to be closed", || async {
+        let now = scrape(proxy.admin).await;
+        (now.get(active) == 0.0).then_some(())
+    })
+    .await;
+
+    // The pool is empty, not broken: the next request connects anew.
+    let r = get(proxy.ingress, "slow.service.flotilla", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "slow-done"));
+    assert_eq!(scrape(proxy.admin).await.get(total), BURST as f64 + 1.0);
 }
 
 #[tokio::test]
