@@ -580,13 +580,7 @@ async fn idle_upstream_connections_left_by_a_burst_are_purged() {
     };
     assert!(upstream.idle_timeout >= Duration::from_secs(60));
     let proxy = start_with(&fake, None, upstream).await;
-    let mut slow = slow_backend().await;
-    fake.configure(
-        "1",
-        vec![cluster("slow", vec![local(slow.addr, true)])],
-        vec![],
-    )
-    .await;
+    let mut slow = slow_cluster(&fake).await;
     let active = r#"flotilla_proxy_upstream_connections_active{cluster="slow"}"#;
     let total = r#"flotilla_proxy_upstream_connections_total{cluster="slow"}"#;
 

@@ -643,13 +643,7 @@ async fn config_can_be_applied_without_a_server() {
 #[tokio::test]
 async fn shutdown_drains_an_in_flight_request() {
     let (fake, mut proxy) = proxy_with_server("n1").await;
-    let mut slow = slow_backend().await;
-    fake.configure(
-        "1",
-        vec![cluster("slow", vec![local(slow.addr, true)])],
-        vec![],
-    )
-    .await;
+    let mut slow = slow_cluster(&fake).await;
     let ingress = proxy.ingress;
     let in_flight = tokio::spawn(async move { get(ingress, "slow.service.flotilla", "/").await });
     within("the backend to get the request", slow.started.recv()).await;
@@ -676,13 +670,7 @@ async fn shutdown_forces_after_grace_period() {
     init_tracing();
     let fake = FakeDiscovery::start().await;
     let mut proxy = TestProxy::start_with("n1", fake.url(), Duration::from_millis(200)).await;
-    let mut slow = slow_backend().await;
-    fake.configure(
-        "1",
-        vec![cluster("slow", vec![local(slow.addr, true)])],
-        vec![],
-    )
-    .await;
+    let mut slow = slow_cluster(&fake).await;
     let ingress = proxy.ingress;
     let in_flight = tokio::spawn(async move {
         let req = http::Request::get("/")

@@ -782,6 +782,19 @@ pub async fn slow_backend() -> SlowBackend {
     }
 }
 
+/// A [`slow_backend`] that `fake` serves as cluster `slow` (config version `1`), so
+/// `slow.service.flotilla` reaches it through the proxy's ingress.
+pub async fn slow_cluster(fake: &FakeDiscovery) -> SlowBackend {
+    let slow = slow_backend().await;
+    fake.configure(
+        "1",
+        vec![cluster("slow", vec![local(slow.addr, true)])],
+        vec![],
+    )
+    .await;
+    slow
+}
+
 /// A raw TCP echo server counting the connections it accepted.
 pub struct TcpEcho {
     pub addr: SocketAddr,
