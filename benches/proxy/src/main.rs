@@ -443,9 +443,35 @@ fn per_round(f: &Cell, h: &Cell, pick: fn(&Round) -> f64) -> PerRound {
         below: ratios.iter().filter(|r| **r < 1.0).count(),
         above: ratios.iter().filter(|r| **r > 1.0).count(),
         rounds: ratios.len(),
+        interval: median_interval(ratios.clone()),
         median: median(ratios),
         list,
     }
+}
+
+/// A 95 % confidence interval for the median of `values`, distribution-free: the `k`-th
+/// smallest and the `k`-th largest value, with `k` the largest for which the median falls
+/// outside them with probability at most 5 % (each value lies below the true median with
+/// probability ½, so the count below is Binomial(n, ½)). `None` with fewer than 6 values, where
+/// even the smallest and largest leave more than 5 %.
+fn median_interval(mut values: Vec<f64>) -> Option<(f64, f64)> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    // P(Binomial(n, ½) ≤ j), accumulated in exact integers: n is a few dozen rounds at most.
+    let mut choose = 1u128; // C(n, j)
+    let mut below = 0u128; // Σ C(n, i), i ≤ j
+    let total = 1u128.checked_shl(u32::try_from(n).ok()?)?;
+    let mut k = 0;
+    for j in 0..n {
+        below += choose;
+        // The interval [x(j+1), x(n-j)] misses the median with probability 2·P(B ≤ j).
+        if 2 * below * 20 > total {
+            break;
+        }
+        k = j + 1;
+        choose = choose * (n - j) as u128 / (j + 1) as u128;
+    }
+    (k > 0 && 2 * k <= n).then(|| (values[k - 1], values[n - k]))
 }
 
 /// Flotilla ÷ HAProxy, round by round.
@@ -453,12 +479,51 @@ fn per_round(f: &Cell, h: &Cell, pick: fn(&Round) -> f64) -> PerRound {
 struct PerRound {
     /// The median of the rounds' ratios.
     median: f64,
+    /// A 95 % confidence interval for that median ([`median_interval`]); `None` with too few
+    /// rounds.
+    interval: Option<(f64, f64)>,
     /// The ratios, formatted, in round order.
     list: String,
     /// Rounds whose ratio is below 1 (Flotilla's figure the smaller), and above 1.
     below: usize,
     above: usize,
     rounds: usize,
+}
+
+/// Which side of 1 a ratio's target is on.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    AtLeastOne,
+    AtMostOne,
+}
+
+impl PerRound {
+    /// Whether the rounds settle the verdict: the 95 % interval of the median lies wholly on
+    /// one side of 1, or spans it (the difference is within the noise of these rounds).
+    fn settled(&self, target: Target) -> String {
+        let Some((lo, hi)) = self.interval else {
+            return format!(
+                "{} rounds are too few for a 95 % interval of the median (6 at least)",
+                self.rounds
+            );
+        };
+        let meets = match target {
+            Target::AtLeastOne => lo >= 1.0,
+            Target::AtMostOne => hi <= 1.0,
+        };
+        let misses = match target {
+            Target::AtLeastOne => hi < 1.0,
+            Target::AtMostOne => lo > 1.0,
+        };
+        let reading = if meets {
+            "all of it meets the target: these rounds settle it"
+        } else if misses {
+            "none of it meets the target: these rounds settle it"
+        } else {
+            "it spans 1: the difference is within the noise of these rounds"
+        };
+        format!("95 % interval of the median {lo:.2}–{hi:.2}: {reading}")
+    }
 }
 
 fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
@@ -554,25 +619,27 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
         let p99 = per_round(f, h, |round| round.p99);
         println!(
             "- {}: HTTP/1.1 req/s: Flotilla ÷ HAProxy = {:.2} × (median of the rounds: {}; \
-             Flotilla ahead in {} of {} rounds; medians {:.0} and {:.0} req/s) (target ≥ 1.00 ×)",
+             Flotilla ahead in {} of {} rounds; medians {:.0} and {:.0} req/s) (target ≥ 1.00 ×); {}",
             verdict(rps.median >= 1.0),
             rps.median,
             rps.list,
             rps.above,
             rps.rounds,
             f.req_per_sec,
-            h.req_per_sec
+            h.req_per_sec,
+            rps.settled(Target::AtLeastOne),
         );
         println!(
             "- {}: HTTP/1.1 p99: Flotilla ÷ HAProxy = {:.2} × (median of the rounds: {}; \
-             Flotilla lower in {} of {} rounds; medians {} and {}) (target ≤ 1.00 ×)",
+             Flotilla lower in {} of {} rounds; medians {} and {}) (target ≤ 1.00 ×); {}",
             verdict(p99.median <= 1.0),
             p99.median,
             p99.list,
             p99.below,
             p99.rounds,
             ms(f.p99),
-            ms(h.p99)
+            ms(h.p99),
+            p99.settled(Target::AtMostOne),
         );
         let by_round = |c: &Cell| {
             c.rounds
@@ -664,6 +731,48 @@ mod tests {
         assert_eq!(Shapes::Http1.list(), [Shape::Http1]);
         assert_eq!(Shapes::H2c.list(), [Shape::H2]);
         assert_eq!(Shapes::All.list(), Shape::ALL);
+    }
+
+    #[test]
+    fn median_intervals_are_order_statistics_of_the_binomial() {
+        // n = 15: P(B ≤ 3) = 576/32768, twice that 3.5 % ≤ 5 %; P(B ≤ 4) twice is 11.8 %. So
+        // the 4th smallest and the 4th largest.
+        let values: Vec<f64> = (1..=15).rev().map(f64::from).collect();
+        assert_eq!(median_interval(values), Some((4.0, 12.0)));
+        // n = 6: the extremes leave 2/64 = 3.1 %.
+        let six: Vec<f64> = (1..=6).map(f64::from).collect();
+        assert_eq!(median_interval(six), Some((1.0, 6.0)));
+        // n = 5: even the extremes leave 2/32 = 6.25 %.
+        assert_eq!(median_interval(vec![1.0, 2.0, 3.0, 4.0, 5.0]), None);
+        assert_eq!(median_interval(Vec::new()), None);
+        // n = 25: P(B ≤ 7) = 21.6 ‰, P(B ≤ 8) = 53.9 ‰: the 8th and the 18th.
+        let many: Vec<f64> = (1..=25).map(f64::from).collect();
+        assert_eq!(median_interval(many), Some((8.0, 18.0)));
+    }
+
+    #[test]
+    fn settled_reads_the_interval_against_the_target() {
+        let with = |interval| PerRound {
+            median: 1.0,
+            interval,
+            list: String::new(),
+            below: 0,
+            above: 0,
+            rounds: 15,
+        };
+        let cases = [
+            (Some((1.01, 1.1)), Target::AtLeastOne, "all of it meets"),
+            (Some((0.9, 0.99)), Target::AtLeastOne, "none of it"),
+            (Some((0.9, 1.05)), Target::AtLeastOne, "within the noise"),
+            (Some((0.9, 0.99)), Target::AtMostOne, "all of it meets"),
+            (Some((1.01, 1.1)), Target::AtMostOne, "none of it"),
+            (Some((0.9, 1.05)), Target::AtMostOne, "within the noise"),
+            (None, Target::AtMostOne, "too few"),
+        ];
+        for (interval, target, reading) in cases {
+            let text = with(interval).settled(target);
+            assert!(text.contains(reading), "{interval:?} {target:?}: {text}");
+        }
     }
 
     #[test]
