@@ -471,7 +471,7 @@ fn median_interval(mut values: Vec<f64>) -> Option<(f64, f64)> {
         k = j + 1;
         choose = choose * (n - j) as u128 / (j + 1) as u128;
     }
-    (k > 0 && 2 * k <= n).then(|| (values[k - 1], values[n - k]))
+    (k > 0).then(|| (values[k - 1], values[n - k]))
 }
 
 /// Flotilla ÷ HAProxy, round by round.
@@ -497,6 +497,16 @@ enum Target {
     AtMostOne,
 }
 
+impl Target {
+    /// Whether a ratio of `ratio` meets this target.
+    fn met_by(self, ratio: f64) -> bool {
+        match self {
+            Target::AtLeastOne => ratio >= 1.0,
+            Target::AtMostOne => ratio <= 1.0,
+        }
+    }
+}
+
 impl PerRound {
     /// Whether the rounds settle the verdict: the 95 % interval of the median lies wholly on
     /// one side of 1, or spans it (the difference is within the noise of these rounds).
@@ -507,17 +517,9 @@ impl PerRound {
                 self.rounds
             );
         };
-        let meets = match target {
-            Target::AtLeastOne => lo >= 1.0,
-            Target::AtMostOne => hi <= 1.0,
-        };
-        let misses = match target {
-            Target::AtLeastOne => hi < 1.0,
-            Target::AtMostOne => lo > 1.0,
-        };
-        let reading = if meets {
+        let reading = if target.met_by(lo) && target.met_by(hi) {
             "all of it meets the target: these rounds settle it"
-        } else if misses {
+        } else if !target.met_by(lo) && !target.met_by(hi) {
             "none of it meets the target: these rounds settle it"
         } else {
             "it spans 1: the difference is within the noise of these rounds"
@@ -620,7 +622,7 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
         println!(
             "- {}: HTTP/1.1 req/s: Flotilla ÷ HAProxy = {:.2} × (median of the rounds: {}; \
              Flotilla ahead in {} of {} rounds; medians {:.0} and {:.0} req/s) (target ≥ 1.00 ×); {}",
-            verdict(rps.median >= 1.0),
+            verdict(Target::AtLeastOne.met_by(rps.median)),
             rps.median,
             rps.list,
             rps.above,
@@ -632,7 +634,7 @@ fn print_load(paths: &[Contender], cells: &[Cell], settings: &LoadSettings) {
         println!(
             "- {}: HTTP/1.1 p99: Flotilla ÷ HAProxy = {:.2} × (median of the rounds: {}; \
              Flotilla lower in {} of {} rounds; medians {} and {}) (target ≤ 1.00 ×); {}",
-            verdict(p99.median <= 1.0),
+            verdict(Target::AtMostOne.met_by(p99.median)),
             p99.median,
             p99.list,
             p99.below,
