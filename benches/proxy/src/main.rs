@@ -2,11 +2,10 @@
 //!
 //! ```sh
 //! cargo build --release -p flotilla -p flotilla-bench-proxy
-//! ./target/release/flotilla-bench-proxy                 # 10 s per cell, 3 rounds, every section
-//! ./target/release/flotilla-bench-proxy --quick         # 3 s per cell
-//! ./target/release/flotilla-bench-proxy --repeats 5     # 5 rounds: medians of 5 runs per cell
+//! ./target/release/flotilla-bench-proxy                 # 25 rounds of 2 s cells, every section
+//! ./target/release/flotilla-bench-proxy --quick         # 7 rounds of 1 s cells
 //! ./target/release/flotilla-bench-proxy --section idle  # idle RSS with 1,000 services only
-//! ./target/release/flotilla-bench-proxy --section load --shapes http1 --repeats 15
+//! ./target/release/flotilla-bench-proxy --section load --shapes http1   # the judged shape only
 //! ```
 //!
 //! Sections:
@@ -73,13 +72,15 @@ struct Args {
     /// Which section to run.
     #[arg(long, value_enum, default_value_t = Section::All)]
     section: Section,
-    /// Measured time per cell (one path at one shape).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    /// Measured time per cell (one path at one shape). Short cells keep each round's runs
+    /// close together in time, so a drift in the machine's speed hits them alike.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     duration: Duration,
     /// Unmeasured load before each measured run.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     warmup: Duration,
-    /// 3 s per cell and a 1 s warm-up (overrides --duration and --warmup).
+    /// 1 s per cell, a 1 s warm-up and 7 rounds (overrides --duration and --warmup, and the
+    /// default of --repeats).
     #[arg(long)]
     quick: bool,
     /// Which load shapes to run (e.g. `http1` alone, for more rounds of the judged shape in
@@ -87,8 +88,10 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Shapes::All)]
     shapes: Shapes,
     /// Rounds: measured runs per cell (every path once per round); medians are reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    repeats: u32,
+    /// Default 25 (7 with --quick): enough for a 95 % interval of the median ratio that is
+    /// the 8th round ratio from each end.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: Option<u32>,
     /// The release `flotilla` binary (default: <workspace>/target/release/flotilla, built
     /// with `cargo build --release --bin flotilla` if missing).
     #[arg(long = "flotilla-bin", env = "FLOTILLA_BIN")]
@@ -208,15 +211,24 @@ struct LoadSettings {
     peak_rss_per_run: bool,
 }
 
+/// Rounds by default, and with `--quick`.
+const DEFAULT_REPEATS: u32 = 25;
+const QUICK_REPEATS: u32 = 7;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Command::Upstream(u)) = &args.command {
         return upstream::serve(u);
     }
-    let (duration, warmup) = if args.quick {
-        (Duration::from_secs(3), Duration::from_secs(1))
+    let (duration, warmup, repeats) = if args.quick {
+        let second = Duration::from_secs(1);
+        (second, second, args.repeats.unwrap_or(QUICK_REPEATS))
     } else {
-        (args.duration, args.warmup)
+        (
+            args.duration,
+            args.warmup,
+            args.repeats.unwrap_or(DEFAULT_REPEATS),
+        )
     };
     anyhow::ensure!(
         duration >= Duration::from_secs(1),
@@ -230,6 +242,7 @@ fn main() -> anyhow::Result<()> {
         .prefix("flotilla-bench-proxy-")
         .tempdir()
         .context("creating a temporary directory")?;
+    procs::stop_children_on_signal(dir.path())?;
     let (mut upstream_proc, upstream_addr) = upstream::start(dir.path())?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load_before = procs::loadavg();
@@ -269,7 +282,7 @@ fn main() -> anyhow::Result<()> {
         let settings = LoadSettings {
             duration,
             warmup,
-            repeats: args.repeats,
+            repeats,
             shapes: args.shapes.list(),
             peak_rss_per_run: true,
         };

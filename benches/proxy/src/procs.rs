@@ -4,9 +4,91 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The pids of the [`Proc`]s started and not yet stopped, and the run's temporary directory:
+/// what the signal watcher cleans up when the bench is told to stop.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static TEMP_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// How long children get between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Watches for SIGTERM, SIGINT and SIGHUP on a thread of its own. On the first, it stops every
+/// live [`Proc`] (SIGTERM, then SIGKILL after a grace period), removes `temp_dir` and exits
+/// with 128 + the signal's number, as a shell reports a process killed by it. Without this,
+/// `kill <bench>` would end the bench alone and leave the upstream and the proxies running
+/// (Ctrl-C reaches the whole process group, a `kill` only the bench).
+pub fn stop_children_on_signal(temp_dir: &Path) -> anyhow::Result<()> {
+    *TEMP_DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(temp_dir.to_owned());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the signal watcher's runtime")?;
+    let (mut term, mut int, mut hup) = {
+        let _context = runtime.enter();
+        let watch = |kind| signal(kind).context("watching for signals");
+        (
+            watch(SignalKind::terminate())?,
+            watch(SignalKind::interrupt())?,
+            watch(SignalKind::hangup())?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("signal-watcher".into())
+        .spawn(move || {
+            let (number, name) = runtime.block_on(async {
+                tokio::select! {
+                    _ = term.recv() => (15, "SIGTERM"),
+                    _ = int.recv() => (2, "SIGINT"),
+                    _ = hup.recv() => (1, "SIGHUP"),
+                }
+            });
+            let pids = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+            eprintln!(
+                "{name}: stopping {} child process(es) and exiting",
+                pids.len()
+            );
+            stop_pids(&pids, STOP_GRACE);
+            if let Some(dir) = TEMP_DIR.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            std::process::exit(128 + number);
+        })
+        .context("starting the signal watcher")?;
+    Ok(())
+}
+
+/// SIGTERM to every process in `pids`, up to `grace` for them all to exit, then SIGKILL to
+/// those still running. For children of this process, "exited" includes a zombie's state (the
+/// parent has not reaped it yet).
+pub fn stop_pids(pids: &[u32], grace: Duration) {
+    let signal_all = |pids: &[u32], signal| {
+        for &pid in pids {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    };
+    signal_all(pids, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + grace;
+    let running = || -> Vec<u32> {
+        pids.iter()
+            .copied()
+            .filter(|&p| stat_fields(p).is_some_and(|f| f.first().is_some_and(|s| s != "Z")))
+            .collect()
+    };
+    let mut left = running();
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        left = running();
+    }
+    signal_all(&left, rustix::process::Signal::KILL);
+}
 
 /// A child process with its output in a log file; SIGTERM (then SIGKILL) when dropped.
 #[derive(Debug)]
@@ -41,6 +123,9 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
         Ok(Proc {
             name: name.to_owned(),
             child,
@@ -77,6 +162,10 @@ impl Proc {
 
     /// SIGTERM, up to `grace` to exit, then SIGKILL.
     pub fn stop(&mut self, grace: Duration) {
+        let pid = self.child.id();
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&p| p != pid);
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
@@ -97,7 +186,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.stop(Duration::from_secs(5));
+        self.stop(STOP_GRACE);
     }
 }
 
@@ -272,6 +361,35 @@ pub fn which(name: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_pids_ends_children_and_kills_those_that_ignore_sigterm() {
+        let mut polite = Command::new("sleep").arg("60").spawn().unwrap();
+        let mut stubborn = Command::new("sh")
+            .args([
+                "-c",
+                "trap '' TERM; echo ready; while :; do sleep 0.1; done",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The trap is set once the shell says so.
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(stubborn.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready.trim(), "ready");
+        let started = Instant::now();
+        stop_pids(&[polite.id(), stubborn.id()], Duration::from_millis(500));
+        let polite = polite.wait().unwrap();
+        let stubborn = stubborn.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(polite.signal(), Some(15), "{polite:?}");
+        assert_eq!(stubborn.signal(), Some(9), "{stubborn:?}");
+        assert!(started.elapsed() >= Duration::from_millis(500));
+    }
 
     #[test]
     fn steal_is_read_from_the_cpu_line() {
