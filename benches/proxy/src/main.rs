@@ -216,6 +216,16 @@ const DEFAULT_REPEATS: u32 = 25;
 const QUICK_REPEATS: u32 = 7;
 
 fn main() -> anyhow::Result<()> {
+    let result = run();
+    if result.is_err() {
+        // A signal stopped the children under the run's feet: the watcher reports that and
+        // exits; the error it caused here is not news.
+        procs::wait_if_stopping();
+    }
+    result
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Command::Upstream(u)) = &args.command {
         return upstream::serve(u);

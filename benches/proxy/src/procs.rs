@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -14,6 +15,8 @@ use tokio::signal::unix::{SignalKind, signal};
 /// what the signal watcher cleans up when the bench is told to stop.
 static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 static TEMP_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// Set once the watcher has caught a signal and is stopping the children.
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// How long children get between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -48,6 +51,7 @@ pub fn stop_children_on_signal(temp_dir: &Path) -> anyhow::Result<()> {
                     _ = hup.recv() => (1, "SIGHUP"),
                 }
             });
+            STOPPING.store(true, Ordering::SeqCst);
             let pids = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
             eprintln!(
                 "{name}: stopping {} child process(es) and exiting",
@@ -61,6 +65,16 @@ pub fn stop_children_on_signal(temp_dir: &Path) -> anyhow::Result<()> {
         })
         .context("starting the signal watcher")?;
     Ok(())
+}
+
+/// When the signal watcher is stopping the children, waits for it to end the process (with its
+/// own message and exit status); otherwise returns at once.
+pub fn wait_if_stopping() {
+    if STOPPING.load(Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 /// SIGTERM to every process in `pids`, up to `grace` for them all to exit, then SIGKILL to
