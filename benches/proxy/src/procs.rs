@@ -18,6 +18,11 @@ static TEMP_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// Set once the watcher has caught a signal and is stopping the children.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
+/// Locks `m`, also after a panic elsewhere held it (the lists stay valid either way).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// How long children get between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -27,7 +32,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// `kill <bench>` would end the bench alone and leave the upstream and the proxies running
 /// (Ctrl-C reaches the whole process group, a `kill` only the bench).
 pub fn stop_children_on_signal(temp_dir: &Path) -> anyhow::Result<()> {
-    *TEMP_DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(temp_dir.to_owned());
+    *lock(&TEMP_DIR) = Some(temp_dir.to_owned());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -52,13 +57,13 @@ pub fn stop_children_on_signal(temp_dir: &Path) -> anyhow::Result<()> {
                 }
             });
             STOPPING.store(true, Ordering::SeqCst);
-            let pids = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+            let pids = std::mem::take(&mut *lock(&LIVE));
             eprintln!(
                 "{name}: stopping {} child process(es) and exiting",
                 pids.len()
             );
             stop_pids(&pids, STOP_GRACE);
-            if let Some(dir) = TEMP_DIR.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(dir) = lock(&TEMP_DIR).take() {
                 let _ = std::fs::remove_dir_all(dir);
             }
             std::process::exit(128 + number);
@@ -137,9 +142,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(child.id());
+        lock(&LIVE).push(child.id());
         Ok(Proc {
             name: name.to_owned(),
             child,
@@ -174,26 +177,14 @@ impl Proc {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// SIGTERM, up to `grace` to exit, then SIGKILL.
+    /// SIGTERM, up to `grace` to exit, then SIGKILL ([`stop_pids`]); then reaps it.
     pub fn stop(&mut self, grace: Duration) {
         let pid = self.child.id();
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|&p| p != pid);
+        lock(&LIVE).retain(|&p| p != pid);
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
+        stop_pids(&[pid], grace);
         let _ = self.child.wait();
     }
 }
